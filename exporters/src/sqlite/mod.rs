@@ -1,0 +1,45 @@
+//! `sqlite`: stores every metric in a SQLite file with the contract's schema.
+
+mod config;
+
+pub use config::SqliteConfig;
+
+use std::sync::Arc;
+
+use mcp_metrics_plugin::{Batch, ExportError, Exporter, async_trait};
+use mcp_metrics_store::Store;
+
+pub struct SqliteExporter {
+    store: Arc<Store>,
+}
+
+#[async_trait]
+impl Exporter for SqliteExporter {
+    async fn export(&self, batch: &Batch) -> Result<(), ExportError> {
+        self.store.write_batch(batch).await.map_err(classify)
+    }
+
+    async fn shutdown(&self) -> Result<(), mcp_metrics_plugin::BoxError> {
+        // Fold the write-ahead log into the database so the file is complete on its own.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(self.store.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Whether trying again can help: a busy or locked database, a full disk or an I/O fault may
+/// clear; a constraint or a malformed value will not.
+fn classify(error: sqlx::Error) -> ExportError {
+    let message = format!("sqlite: {error}");
+    match &error {
+        sqlx::Error::Database(db) => match db.kind() {
+            sqlx::error::ErrorKind::Other => ExportError::retryable(message),
+            _ => ExportError::permanent(message),
+        },
+        sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } => {
+            ExportError::permanent(message)
+        }
+        _ => ExportError::retryable(message),
+    }
+}

@@ -1,0 +1,32 @@
+//! The plugin API of mcp-metrics: what a receiver, processor or exporter is, the data that flows
+//! between them, and the registry through which the engine finds them by type name.
+//!
+//! A plugin crate depends on this crate only. It defines a config type (serde, `deny_unknown_fields`,
+//! defaults), implements one of [`ReceiverConfig`], [`ProcessorConfig`] or [`ExporterConfig`] on it,
+//! and registers it next to the type:
+//!
+//! ```ignore
+//! inventory::submit!(ExporterRegistration::of::<StdoutConfig>("stdout", "prints every batch"));
+//! ```
+
+mod ack;
+mod component;
+mod model;
+mod registry;
+
+pub use ack::{Ack, AckReceiver, Delivery};
+pub use component::{
+    BoxError, Consumer, ExportError, Exporter, Outcome, Processor, Receiver, Refusal, Rejection,
+};
+pub use model::{Batch, KeyInfo, Metric, MetricType, Request, RequestContext, parse_timestamp};
+pub use registry::{
+    BuildContext, ComponentConfig, ConfigIssue, ExporterConfig, ExporterRegistration,
+    ProcessorConfig, ProcessorRegistration, ReceiverConfig, ReceiverRegistration, Registration,
+    closest, hint_unknown_field,
+};
+
+// Re-exported so a plugin crate needs no direct dependency on them.
+pub use async_trait::async_trait;
+pub use inventory;
+pub use serde_yaml;
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,241 @@
+//! The data that flows through a pipeline: metrics grouped by the request that brought them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ack::Ack;
+
+/// The kinds of metric the contract knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricType {
+    AuthRequest,
+    ToolDiscovery,
+    ToolExecution,
+    RegistryOperation,
+    HealthCheck,
+    ProtocolLatency,
+    Custom,
+}
+
+impl MetricType {
+    pub const ALL: [MetricType; 7] = [
+        MetricType::AuthRequest,
+        MetricType::ToolDiscovery,
+        MetricType::ToolExecution,
+        MetricType::RegistryOperation,
+        MetricType::HealthCheck,
+        MetricType::ProtocolLatency,
+        MetricType::Custom,
+    ];
+
+    /// The name on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricType::AuthRequest => "auth_request",
+            MetricType::ToolDiscovery => "tool_discovery",
+            MetricType::ToolExecution => "tool_execution",
+            MetricType::RegistryOperation => "registry_operation",
+            MetricType::HealthCheck => "health_check",
+            MetricType::ProtocolLatency => "protocol_latency",
+            MetricType::Custom => "custom",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<MetricType> {
+        MetricType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+impl fmt::Display for MetricType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One measurement, as the client sent it once decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// Position in the client's `metrics` array, so a rejection can name it.
+    pub index: usize,
+    pub metric_type: MetricType,
+    /// The client's timestamp, or the time of receipt when it sent none.
+    pub timestamp: DateTime<Utc>,
+    pub value: f64,
+    pub duration_ms: Option<f64>,
+    pub dimensions: Map<String, Value>,
+    pub metadata: Map<String, Value>,
+}
+
+/// The authenticated API key behind a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: i64,
+    pub service_name: String,
+    /// Requests per minute this key may send.
+    pub rate_limit: u32,
+}
+
+/// What is known about the request that brought a group of metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub service: String,
+    pub version: Option<String>,
+    pub instance_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    /// The credential as presented (`X-API-Key`), for the `auth` processor to check.
+    pub api_key: Option<String>,
+    /// Set by the `auth` processor once the key is checked.
+    pub key: Option<KeyInfo>,
+}
+
+/// The metrics of one client request and its context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub context: Arc<RequestContext>,
+    pub metrics: Vec<Metric>,
+}
+
+/// What flows between components: one or more requests' metrics (more than one once batched),
+/// and the acknowledgements that resolve when the last exporter is done with them.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub requests: Vec<Request>,
+    acks: Vec<Ack>,
+}
+
+impl Batch {
+    pub fn new(request: Request, ack: Option<Ack>) -> Batch {
+        Batch {
+            requests: vec![request],
+            acks: ack.into_iter().collect(),
+        }
+    }
+
+    /// The number of metrics, across requests.
+    pub fn len(&self) -> usize {
+        self.requests.iter().map(|r| r.metrics.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.iter().all(|r| r.metrics.is_empty())
+    }
+
+    /// Every metric with the context of its request.
+    pub fn metrics(&self) -> impl Iterator<Item = (&RequestContext, &Metric)> {
+        self.requests
+            .iter()
+            .flat_map(|r| r.metrics.iter().map(move |m| (&*r.context, m)))
+    }
+
+    /// Appends `other`, taking over its acknowledgements.
+    pub fn append(&mut self, mut other: Batch) {
+        self.requests.append(&mut other.requests);
+        self.acks.append(&mut other.acks);
+    }
+
+    /// Splits off and returns the first `max` metrics; both halves keep the acknowledgements,
+    /// so a request counts as delivered only when both are.
+    pub fn take_front(&mut self, max: usize) -> Batch {
+        let mut front = Batch {
+            requests: Vec::new(),
+            acks: self.acks.clone(),
+        };
+        let mut room = max;
+        while room > 0 && !self.requests.is_empty() {
+            let request = &mut self.requests[0];
+            if request.metrics.len() <= room {
+                room -= request.metrics.len();
+                front.requests.push(self.requests.remove(0));
+            } else {
+                let rest = request.metrics.split_off(room);
+                let head = std::mem::replace(&mut request.metrics, rest);
+                front.requests.push(Request {
+                    context: request.context.clone(),
+                    metrics: head,
+                });
+                room = 0;
+            }
+        }
+        front
+    }
+
+    /// Marks every request in this batch as not delivered.
+    pub fn fail(&self, reason: &str) {
+        for ack in &self.acks {
+            ack.fail(reason);
+        }
+    }
+}
+
+/// Reads a client timestamp: RFC 3339, or a naive ISO 8601 date-time (Python's
+/// `datetime.utcnow().isoformat()`), which is taken as UTC.
+pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(naive.and_utc());
+        }
+    }
+    Err(format!(
+        "timestamp {text:?} is not RFC 3339 (e.g. 2024-01-15T10:30:00Z) nor a naive UTC date-time"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: &str, n: usize) -> Request {
+        let context = RequestContext {
+            request_id: id.into(),
+            service: "svc".into(),
+            version: None,
+            instance_id: None,
+            received_at: Utc::now(),
+            api_key: None,
+            key: None,
+        };
+        let metric = |index| Metric {
+            index,
+            metric_type: MetricType::Custom,
+            timestamp: Utc::now(),
+            value: 1.0,
+            duration_ms: None,
+            dimensions: Map::new(),
+            metadata: Map::new(),
+        };
+        Request {
+            context: Arc::new(context),
+            metrics: (0..n).map(metric).collect(),
+        }
+    }
+
+    #[test]
+    fn take_front_splits_across_requests() {
+        let mut batch = Batch::new(request("a", 3), None);
+        batch.append(Batch::new(request("b", 4), None));
+        let front = batch.take_front(5);
+        assert_eq!(front.len(), 5);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(front.requests[1].context.request_id, "b");
+        assert_eq!(batch.requests[0].metrics[0].index, 2);
+    }
+
+    #[test]
+    fn timestamps_with_and_without_zone() {
+        let utc = parse_timestamp("2024-01-15T10:30:00Z").unwrap();
+        assert_eq!(parse_timestamp("2024-01-15T12:30:00+02:00").unwrap(), utc);
+        assert_eq!(parse_timestamp("2024-01-15T10:30:00").unwrap(), utc);
+        let naive = parse_timestamp("2024-01-15T10:30:00.123456").unwrap();
+        assert_eq!(naive.timestamp_subsec_micros(), 123456);
+        assert!(parse_timestamp("yesterday").is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! How components are found by type name: each registers a [`Registration`] with `inventory`,
+//! and the engine decodes the YAML of a component into its typed config through it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::component::{BoxError, Consumer, Exporter, Processor, Receiver};
+
+/// A component's typed config: the front door of the component. Implementors derive
+/// `Deserialize` with `#[serde(deny_unknown_fields, default)]` so a typo is an error.
+pub trait ComponentConfig: DeserializeOwned + Serialize + Default + Send + Sync + 'static {
+    /// Checks that go beyond types (ranges, combinations); one message per problem, each
+    /// starting with the key it is about.
+    fn validate(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// What a component is told when it is built.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// Its id in the config, `type` or `type/name`.
+    pub id: String,
+    /// Cancelled when the service shuts down; background tasks of the component stop on it.
+    pub shutdown: CancellationToken,
+}
+
+#[async_trait]
+pub trait ReceiverConfig: Send + Sync {
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Receiver>, BoxError>;
+}
+
+#[async_trait]
+pub trait ProcessorConfig: Send + Sync {
+    async fn build(
+        &self,
+        cx: &BuildContext,
+        next: Arc<dyn Consumer>,
+    ) -> Result<Arc<dyn Processor>, BoxError>;
+}
+
+#[async_trait]
+pub trait ExporterConfig: Send + Sync {
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Exporter>, BoxError>;
+}
+
+/// A problem with one component's config, at a key path below the component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted path below the component, empty for the component as a whole.
+    pub path: String,
+    pub message: String,
+}
+
+/// A component type known to the engine: its name and how to read its config.
+pub struct Registration<C: ?Sized + 'static> {
+    pub type_name: &'static str,
+    pub description: &'static str,
+    decode: fn(serde_yaml::Value) -> Result<Box<C>, Vec<ConfigIssue>>,
+    defaults: fn() -> serde_yaml::Value,
+}
+
+pub type ReceiverRegistration = Registration<dyn ReceiverConfig>;
+pub type ProcessorRegistration = Registration<dyn ProcessorConfig>;
+pub type ExporterRegistration = Registration<dyn ExporterConfig>;
+
+inventory::collect!(ReceiverRegistration);
+inventory::collect!(ProcessorRegistration);
+inventory::collect!(ExporterRegistration);
+
+impl<C: ?Sized + 'static> Registration<C> {
+    /// Reads the component's YAML (null for none) into its typed, validated config.
+    pub fn decode(&self, value: serde_yaml::Value) -> Result<Box<C>, Vec<ConfigIssue>> {
+        (self.decode)(value)
+    }
+
+    /// The config with every key at its default, for `mcp-metrics components`.
+    pub fn defaults(&self) -> serde_yaml::Value {
+        (self.defaults)()
+    }
+
+    /// Every registered component of this kind, sorted by type name.
+    pub fn all() -> Vec<&'static Registration<C>>
+    where
+        Registration<C>: inventory::Collect,
+    {
+        let mut all: Vec<_> = inventory::iter::<Registration<C>>.into_iter().collect();
+        all.sort_by_key(|r| r.type_name);
+        all
+    }
+
+    pub fn find(type_name: &str) -> Option<&'static Registration<C>>
+    where
+        Registration<C>: inventory::Collect,
+    {
+        inventory::iter::<Registration<C>>
+            .into_iter()
+            .find(|r| r.type_name == type_name)
+    }
+}
+
+macro_rules! registration_constructor {
+    ($config_trait:ident, $decode:ident) => {
+        impl Registration<dyn $config_trait> {
+            pub const fn of<T: ComponentConfig + $config_trait>(
+                type_name: &'static str,
+                description: &'static str,
+            ) -> Self {
+                Registration {
+                    type_name,
+                    description,
+                    decode: $decode::<T>,
+                    defaults: defaults::<T>,
+                }
+            }
+        }
+
+        fn $decode<T: ComponentConfig + $config_trait>(
+            value: serde_yaml::Value,
+        ) -> Result<Box<dyn $config_trait>, Vec<ConfigIssue>> {
+            decode::<T>(value).map(|config| Box::new(config) as Box<dyn $config_trait>)
+        }
+    };
+}
+
+registration_constructor!(ReceiverConfig, decode_receiver);
+registration_constructor!(ProcessorConfig, decode_processor);
+registration_constructor!(ExporterConfig, decode_exporter);
+
+fn defaults<T: ComponentConfig>() -> serde_yaml::Value {
+    serde_yaml::to_value(T::default()).unwrap_or(serde_yaml::Value::Null)
+}
+
+fn decode<T: ComponentConfig>(value: serde_yaml::Value) -> Result<T, Vec<ConfigIssue>> {
+    // `http:` with nothing after it means "all defaults".
+    let value = match value {
+        serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
+        other => other,
+    };
+    let config: T = serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let message = hint_unknown_field(&error.inner().to_string());
+        vec![ConfigIssue {
+            path: if path == "." { String::new() } else { path },
+            message,
+        }]
+    })?;
+    let problems = config.validate();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems
+            .into_iter()
+            .map(|message| ConfigIssue {
+                path: String::new(),
+                message,
+            })
+            .collect())
+    }
+}
+
+/// serde says "unknown field `pth`, expected one of `path`, ..."; this adds the likely intent.
+pub fn hint_unknown_field(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    match closest(unknown, known) {
+        Some(intent) => format!("{message} (did you mean `{intent}`?)"),
+        None => message.to_owned(),
+    }
+}
+
+/// The candidate closest to `name`, if it is close enough to be a likely typo.
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::jaro_winkler(name, candidate), candidate))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Sample {
+        path: String,
+        busy_timeout_ms: u64,
+    }
+
+    impl ComponentConfig for Sample {
+        fn validate(&self) -> Vec<String> {
+            if self.path.is_empty() {
+                vec!["path: must not be empty".into()]
+            } else {
+                vec![]
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_key_suggests_the_known_one() {
+        let value = serde_yaml::from_str("{pth: x}").unwrap();
+        let issues = decode::<Sample>(value).unwrap_err();
+        assert!(
+            issues[0].message.contains("did you mean `path`?"),
+            "{issues:?}"
+        );
+    }
+
+    #[test]
+    fn mistyped_value_names_its_path() {
+        let value = serde_yaml::from_str("{path: x, busy_timeout_ms: soon}").unwrap();
+        let issues = decode::<Sample>(value).unwrap_err();
+        assert_eq!(issues[0].path, "busy_timeout_ms");
+    }
+
+    #[test]
+    fn semantic_checks_run_after_decoding() {
+        let issues = decode::<Sample>(serde_yaml::Value::Null).unwrap_err();
+        assert_eq!(issues[0].message, "path: must not be empty");
+    }
+}

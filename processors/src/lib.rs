@@ -1,0 +1,5 @@
+//! The built-in processors. Each lives in a folder of its own and registers itself with the
+//! engine's registry next to its config type.
+
+pub mod auth;
+pub mod validate;

@@ -1,0 +1,166 @@
+//! `validate`: the contract's field rules. The request's own fields are checked as a whole; each
+//! metric is judged alone, so good metrics go on while bad ones are reported with a reason.
+
+mod config;
+
+pub use config::ValidateConfig;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use mcp_metrics_plugin::{
+    Batch, Consumer, Metric, Outcome, Processor, Refusal, Rejection, RequestContext, async_trait,
+};
+use serde_json::{Map, Value};
+
+pub struct ValidateProcessor {
+    config: ValidateConfig,
+    next: Arc<dyn Consumer>,
+}
+
+#[async_trait]
+impl Consumer for ValidateProcessor {
+    async fn consume(&self, mut batch: Batch) -> Result<Outcome, Refusal> {
+        let mut rejected = Vec::new();
+        for request in &mut batch.requests {
+            self.check_request(&request.context)?;
+            request
+                .metrics
+                .retain(|metric| match self.check_metric(metric) {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        rejected.push(Rejection {
+                            index: metric.index,
+                            reason: format!("metrics[{}]: {reason}", metric.index),
+                        });
+                        false
+                    }
+                });
+        }
+        let mut outcome = if batch.is_empty() {
+            Outcome::default()
+        } else {
+            self.next.consume(batch).await?
+        };
+        outcome.merge(Outcome {
+            rejected,
+            headers: Vec::new(),
+        });
+        Ok(outcome)
+    }
+}
+
+impl Processor for ValidateProcessor {}
+
+impl ValidateProcessor {
+    fn check_request(&self, context: &RequestContext) -> Result<(), Refusal> {
+        let limits = &self.config;
+        let mut problems = Vec::new();
+        if context.service.trim().is_empty() {
+            problems.push("service: must not be empty".to_owned());
+        }
+        check_length(
+            "service",
+            Some(&context.service),
+            limits.max_service_length,
+            &mut problems,
+        );
+        check_length(
+            "version",
+            context.version.as_deref(),
+            limits.max_version_length,
+            &mut problems,
+        );
+        check_length(
+            "instance_id",
+            context.instance_id.as_deref(),
+            limits.max_instance_id_length,
+            &mut problems,
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal::new(422, "invalid_request", problems.join("; ")))
+        }
+    }
+
+    fn check_metric(&self, metric: &Metric) -> Result<(), String> {
+        if !metric.value.is_finite() {
+            return Err("value: must be a finite number".into());
+        }
+        if let Some(duration) = metric.duration_ms
+            && (!duration.is_finite() || duration < 0.0)
+        {
+            return Err("duration_ms: must be a finite number, zero or more".into());
+        }
+        let latest = Utc::now() + self.config.max_future_skew;
+        if metric.timestamp > latest {
+            return Err(format!(
+                "timestamp: {} is more than {} in the future",
+                metric.timestamp.to_rfc3339(),
+                humantime::format_duration(self.config.max_future_skew)
+            ));
+        }
+        self.check_attributes("dimensions", &metric.dimensions)?;
+        self.check_attributes("metadata", &metric.metadata)
+    }
+
+    /// Bounds what one metric can make us store: key count, nesting and encoded size.
+    fn check_attributes(&self, field: &str, attributes: &Map<String, Value>) -> Result<(), String> {
+        let limits = &self.config;
+        if attributes.len() > limits.max_attributes {
+            return Err(format!(
+                "{field}: {} keys, at most {} allowed",
+                attributes.len(),
+                limits.max_attributes
+            ));
+        }
+        let depth = attributes.values().map(nesting).max().unwrap_or(0);
+        if depth > limits.max_depth {
+            return Err(format!(
+                "{field}: nested {depth} levels deep, at most {} allowed",
+                limits.max_depth
+            ));
+        }
+        let size = serde_json::to_string(attributes).map_or(usize::MAX, |text| text.len());
+        if size > limits.max_attributes_bytes {
+            return Err(format!(
+                "{field}: {size} bytes as JSON, at most {} allowed",
+                limits.max_attributes_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_length(field: &str, value: Option<&str>, max: usize, problems: &mut Vec<String>) {
+    if let Some(value) = value {
+        let length = value.chars().count();
+        if length > max {
+            problems.push(format!(
+                "{field}: {length} characters, at most {max} allowed"
+            ));
+        }
+    }
+}
+
+/// Levels of objects and arrays below a value: 0 for a scalar.
+fn nesting(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => 1 + map.values().map(nesting).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nesting_counts_levels_below_the_value() {
+        assert_eq!(nesting(&json!(1)), 0);
+        assert_eq!(nesting(&json!({"a": [1, {"b": 2}]})), 3);
+    }
+}

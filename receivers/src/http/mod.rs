@@ -1,0 +1,236 @@
+//! `http`: the receiver every MCP Gateway component already talks to. `POST /metrics` decodes
+//! the request, judges each metric's shape alone and hands the batch to the pipeline;
+//! `GET /health` says whether the service takes metrics. Every refusal, the framework's own
+//! included, answers with the contract's JSON error body and a request id.
+
+mod config;
+mod wire;
+
+pub use config::HttpConfig;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use chrono::Utc;
+use mcp_metrics_plugin::{
+    Ack, Batch, BoxError, BuildContext, CancellationToken, Consumer, Delivery, Outcome, Receiver,
+    Refusal, Request, RequestContext, async_trait,
+};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use wire::{decode_metric, decode_request, outcome_reply, refusal_reply, request_id};
+
+pub struct HttpReceiver {
+    config: HttpConfig,
+    listener: TcpListener,
+    id: String,
+}
+
+struct App {
+    config: HttpConfig,
+    next: Arc<dyn Consumer>,
+}
+
+impl HttpReceiver {
+    /// Binds now, so a taken port fails start-up rather than a request.
+    async fn bind(cx: &BuildContext, config: HttpConfig) -> Result<HttpReceiver, BoxError> {
+        let address = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind(&address)
+            .await
+            .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        Ok(HttpReceiver {
+            config,
+            listener,
+            id: cx.id.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl Receiver for HttpReceiver {
+    async fn run(
+        self: Box<Self>,
+        next: Arc<dyn Consumer>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BoxError> {
+        let body_limit =
+            usize::try_from(self.config.max_request_size.as_u64()).unwrap_or(usize::MAX);
+        let app = Arc::new(App {
+            config: self.config,
+            next,
+        });
+        let router = Router::new()
+            .route("/metrics", post(post_metrics))
+            .route("/health", get(health))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(body_limit))
+            .with_state(app);
+        tracing::info!(receiver = %self.id, address = %self.listener.local_addr()?, "listening");
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        Ok(())
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+}
+
+async fn post_metrics(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = request_id();
+    match take_metrics(&app, &headers, body, &request_id).await {
+        Ok((total, outcome)) => outcome_reply(total, outcome, &request_id),
+        Err(refusal) => {
+            tracing::debug!(%request_id, %refusal, "request refused");
+            refusal_reply(&refusal, &request_id)
+        }
+    }
+}
+
+/// Decodes the request and hands it to the pipeline; returns how many metrics it had and what
+/// the pipeline said.
+async fn take_metrics(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    request_id: &Arc<str>,
+) -> Result<(usize, Outcome), Refusal> {
+    let received_at = Utc::now();
+    let body = body.map_err(|rejection| {
+        let status = rejection.status().as_u16();
+        let error = if status == 413 {
+            "request_too_large"
+        } else {
+            "unreadable_body"
+        };
+        Refusal::new(status, error, rejection.body_text())
+    })?;
+    check_content_type(headers)?;
+    let wire = decode_request(&body)?;
+    let total = wire.metrics.len();
+    let limit = app.config.max_metrics_per_request;
+    if total > limit {
+        return Err(Refusal::new(
+            413,
+            "too_many_metrics",
+            format!(
+                "{total} metrics in one request; at most {limit} allowed, send them in several requests"
+            ),
+        ));
+    }
+    let mut metrics = Vec::with_capacity(total);
+    let mut outcome = Outcome::default();
+    for (index, raw) in wire.metrics.iter().enumerate() {
+        match decode_metric(index, raw, received_at) {
+            Ok(metric) => metrics.push(metric),
+            Err(rejection) => outcome.rejected.push(rejection),
+        }
+    }
+    let context = RequestContext {
+        request_id: request_id.to_string(),
+        service: wire.service,
+        version: wire.version,
+        instance_id: wire.instance_id,
+        received_at,
+        api_key: headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        key: None,
+    };
+    let request = Request {
+        context: Arc::new(context),
+        metrics,
+    };
+    let (ack, delivered) = if app.config.acknowledgements {
+        let (ack, delivered) = Ack::new();
+        (Some(ack), Some(delivered))
+    } else {
+        (None, None)
+    };
+    outcome.merge(app.next.consume(Batch::new(request, ack)).await?);
+    if let Some(delivered) = delivered {
+        wait_for_delivery(delivered, app.config.acknowledgement_timeout).await?;
+    }
+    Ok((total, outcome))
+}
+
+async fn wait_for_delivery(
+    delivered: mcp_metrics_plugin::AckReceiver,
+    timeout: std::time::Duration,
+) -> Result<(), Refusal> {
+    match tokio::time::timeout(timeout, delivered).await {
+        Ok(Ok(Delivery::Delivered)) => Ok(()),
+        Ok(Ok(Delivery::Failed(reason))) => Err(Refusal::unavailable(
+            format!("metrics could not be stored: {reason}"),
+            5,
+        )),
+        // The sender cannot vanish without sending: dropping it is what sends.
+        Ok(Err(_)) => Ok(()),
+        Err(_) => Err(Refusal::unavailable(
+            "metrics were not stored in time; they may still be, so a retry can duplicate them",
+            5,
+        )),
+    }
+}
+
+/// JSON, or no content type at all (some clients omit it); anything else is a mistake worth
+/// telling the client about.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media_type = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    let media_type = media_type.to_ascii_lowercase();
+    if media_type == "application/json" || media_type.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            415,
+            "unsupported_media_type",
+            format!("Content-Type {media_type:?} is not JSON; send application/json"),
+        ))
+    }
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "healthy", "service": "metrics-collection"}))
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let refusal = Refusal::new(
+        404,
+        "not_found",
+        format!("no endpoint {method} {}", uri.path()),
+    );
+    refusal_reply(&refusal, &request_id())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let refusal = Refusal::new(
+        405,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+    );
+    refusal_reply(&refusal, &request_id())
+}

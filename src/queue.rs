@@ -1,0 +1,283 @@
+//! The queue and retries the engine puts in front of every exporter (the OpenTelemetry
+//! Collector's exporterhelper), so an exporter only says how to push one batch.
+//!
+//! The queue is bounded in metrics, not batches: when it is full the receiver answers 503 rather
+//! than holding more in memory. Metrics count against the bound until their export is over, so
+//! retries of a failing exporter hold the line too. Whatever is queued when the worker gets to it
+//! is merged into one export (up to `batch_max_size`), which is what turns many small requests
+//! into few large SQLite transactions without making any request wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use mcp_metrics_plugin::{
+    Batch, ComponentConfig, Consumer, ExportError, Exporter, Outcome, Refusal, async_trait,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Most metrics waiting for or in export; past it, requests are refused with 503.
+    pub queue_size: usize,
+    /// Exports run at once.
+    pub num_consumers: usize,
+    /// Most metrics merged into one export.
+    pub batch_max_size: usize,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            queue_size: 100_000,
+            num_consumers: 1,
+            batch_max_size: 5_000,
+        }
+    }
+}
+
+impl ComponentConfig for QueueSettings {
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.queue_size == 0 || self.queue_size > Semaphore::MAX_PERMITS {
+            problems.push(format!(
+                "queue_size: must be from 1 to {}",
+                Semaphore::MAX_PERMITS
+            ));
+        }
+        if self.num_consumers == 0 {
+            problems.push("num_consumers: must be at least 1".into());
+        }
+        if self.batch_max_size == 0 {
+            problems.push("batch_max_size: must be at least 1".into());
+        }
+        problems
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Retry failed exports that may succeed later (busy database, unreachable endpoint).
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub initial_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// Give up on a batch after retrying this long; 0 retries until shutdown.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed_time: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            enabled: true,
+            initial_interval: Duration::from_millis(500),
+            max_interval: Duration::from_secs(30),
+            max_elapsed_time: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ComponentConfig for RetrySettings {
+    fn validate(&self) -> Vec<String> {
+        if self.initial_interval > self.max_interval {
+            vec!["initial_interval: must not exceed max_interval".into()]
+        } else {
+            vec![]
+        }
+    }
+}
+
+/// A batch in the queue and its share of the queue's room, given back when its export is over.
+struct Queued {
+    batch: Batch,
+    room: OwnedSemaphorePermit,
+}
+
+/// An exporter behind its queue; a [`Consumer`] for the pipeline.
+pub struct ExporterQueue {
+    id: String,
+    exporter: Arc<dyn Exporter>,
+    capacity: usize,
+    room: Arc<Semaphore>,
+    sender: std::sync::Mutex<Option<mpsc::UnboundedSender<Queued>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ExporterQueue {
+    pub fn start(
+        id: String,
+        exporter: Box<dyn Exporter>,
+        queue: &QueueSettings,
+        retry: &RetrySettings,
+    ) -> Arc<ExporterQueue> {
+        let exporter: Arc<dyn Exporter> = Arc::from(exporter);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let workers = (0..queue.num_consumers)
+            .map(|_| {
+                let worker = Worker {
+                    id: id.clone(),
+                    exporter: exporter.clone(),
+                    receiver: receiver.clone(),
+                    batch_max_size: queue.batch_max_size,
+                    retry: retry.clone(),
+                };
+                tokio::spawn(worker.run())
+            })
+            .collect();
+        Arc::new(ExporterQueue {
+            id,
+            exporter,
+            capacity: queue.queue_size,
+            room: Arc::new(Semaphore::new(queue.queue_size)),
+            sender: std::sync::Mutex::new(Some(sender)),
+            workers: Mutex::new(workers),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn exporter(&self) -> &Arc<dyn Exporter> {
+        &self.exporter
+    }
+
+    /// Metrics queued or being exported.
+    pub fn queued(&self) -> usize {
+        self.capacity - self.room.available_permits()
+    }
+
+    /// Stops taking batches, exports everything queued, then shuts the exporter down.
+    pub async fn drain(&self) {
+        self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for worker in self.workers.lock().await.drain(..) {
+            let _ = worker.await;
+        }
+        if let Err(error) = self.exporter.shutdown().await {
+            tracing::warn!(exporter = %self.id, %error, "exporter shutdown failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for ExporterQueue {
+    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
+        let size = batch.len();
+        if size == 0 {
+            return Ok(Outcome::default());
+        }
+        if size > self.capacity {
+            return Err(Refusal::new(
+                413,
+                "request_too_large",
+                format!(
+                    "{size} metrics exceed exporter {}'s whole queue ({})",
+                    self.id, self.capacity
+                ),
+            ));
+        }
+        let room = self
+            .room
+            .clone()
+            .try_acquire_many_owned(size as u32)
+            .map_err(|_| {
+                Refusal::unavailable(
+                    format!("exporter {} is behind: its queue is full", self.id),
+                    1,
+                )
+            })?;
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = sender.as_ref().map(|s| s.send(Queued { batch, room }));
+        match sent {
+            Some(Ok(())) => Ok(Outcome::default()),
+            _ => Err(Refusal::unavailable("the service is shutting down", 5)),
+        }
+    }
+}
+
+struct Worker {
+    id: String,
+    exporter: Arc<dyn Exporter>,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued>>>,
+    batch_max_size: usize,
+    retry: RetrySettings,
+}
+
+impl Worker {
+    async fn run(self) {
+        let mut carried: Option<Queued> = None;
+        loop {
+            let Some((batch, rooms, rest)) = self.next_export(carried.take()).await else {
+                break;
+            };
+            carried = rest;
+            self.export(batch).await;
+            drop(rooms);
+        }
+    }
+
+    /// The next batch to export: whatever is queued, merged up to `batch_max_size` metrics. A
+    /// batch that would overflow the merge is carried to the next export.
+    async fn next_export(
+        &self,
+        carried: Option<Queued>,
+    ) -> Option<(Batch, Vec<OwnedSemaphorePermit>, Option<Queued>)> {
+        let mut receiver = self.receiver.lock().await;
+        let first = match carried {
+            Some(queued) => queued,
+            None => receiver.recv().await?,
+        };
+        let mut batch = first.batch;
+        let mut rooms = vec![first.room];
+        while batch.len() < self.batch_max_size {
+            let Ok(queued) = receiver.try_recv() else {
+                break;
+            };
+            if batch.len() + queued.batch.len() > self.batch_max_size {
+                return Some((batch, rooms, Some(queued)));
+            }
+            batch.append(queued.batch);
+            rooms.push(queued.room);
+        }
+        Some((batch, rooms, None))
+    }
+
+    async fn export(&self, batch: Batch) {
+        let attempt = || self.exporter.export(&batch);
+        let result = if self.retry.enabled {
+            let total =
+                (!self.retry.max_elapsed_time.is_zero()).then_some(self.retry.max_elapsed_time);
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(self.retry.initial_interval)
+                .with_max_delay(self.retry.max_interval)
+                .with_jitter()
+                .without_max_times()
+                .with_total_delay(total);
+            attempt
+                .retry(backoff)
+                .when(|error: &ExportError| error.retryable)
+                .notify(|error, delay| {
+                    tracing::warn!(exporter = %self.id, %error, retry_in = ?delay, "export failed; will retry");
+                })
+                .await
+        } else {
+            attempt().await
+        };
+        if let Err(error) = result {
+            tracing::error!(
+                exporter = %self.id,
+                %error,
+                metrics = batch.len(),
+                "export failed for good; these metrics are lost for this exporter"
+            );
+            batch.fail(&error.message);
+        }
+    }
+}

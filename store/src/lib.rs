@@ -1,0 +1,125 @@
+//! The SQLite database of mcp-metrics: the contract's schema kept current by migrations, the API
+//! keys, and the metric rows. One [`Store`] per database file per process, shared by every
+//! component that names the file, so the file is migrated once and writes share one pool.
+
+mod key_cache;
+mod keys;
+mod rows;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use key_cache::KeyCache;
+pub use keys::{KeyRecord, generate_key, hash_key};
+
+/// The schema migrations, embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// An open, migrated database.
+#[derive(Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+/// Stores open in this process, by canonical path.
+static OPEN: Mutex<Vec<(PathBuf, Weak<Store>)>> = Mutex::new(Vec::new());
+static OPENING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Store {
+    /// Opens (creating the file and its folder if needed) and migrates the database at `path`, or
+    /// returns the store this process already has open for it.
+    pub async fn open(path: impl AsRef<Path>) -> anyhow::Result<Arc<Store>> {
+        let path = path.as_ref();
+        let _one_at_a_time = OPENING.lock().await;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create folder {}", parent.display()))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-16000");
+        // The file exists now, so it has a canonical path.
+        let first = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        let canonical = std::fs::canonicalize(path)?;
+        if let Some(store) = Self::already_open(&canonical) {
+            first.close().await;
+            return Ok(store);
+        }
+        first.close().await;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot migrate database {}", path.display()))?;
+        let store = Arc::new(Store {
+            pool,
+            path: canonical.clone(),
+        });
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|(_, weak)| weak.strong_count() > 0);
+        open.push((canonical, Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    fn already_open(canonical: &Path) -> Option<Arc<Store>> {
+        let open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        open.iter()
+            .find(|(path, _)| path == canonical)
+            .and_then(|(_, weak)| weak.upgrade())
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Row counts of every metrics table, for tests and the admin endpoints.
+    pub async fn row_counts(&self) -> anyhow::Result<HashMap<&'static str, i64>> {
+        let mut counts = HashMap::new();
+        for table in METRIC_TABLES {
+            let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+            let count: i64 = sqlx::query_scalar(sql).fetch_one(&self.pool).await?;
+            counts.insert(table, count);
+        }
+        Ok(counts)
+    }
+}
+
+/// Every table that holds metric rows.
+pub const METRIC_TABLES: [&str; 4] = [
+    "metrics",
+    "auth_metrics",
+    "discovery_metrics",
+    "tool_metrics",
+];
+
+/// How timestamps are stored: UTC, fixed width, so text order is time order.
+pub fn timestamp_text(at: &DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}

@@ -1,0 +1,296 @@
+//! Writing metric rows: every metric into `metrics`, the typed ones also into their own table,
+//! with the contract's column mapping. One transaction per batch, many rows per INSERT.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use mcp_metrics_plugin::{Batch, Metric, MetricType, RequestContext};
+use serde_json::{Map, Value};
+use sqlx::sqlite::{Sqlite, SqliteArguments};
+use sqlx::{AssertSqlSafe, SqliteConnection};
+
+use crate::{Store, timestamp_text};
+
+/// Rows per INSERT statement: large enough to amortise the statement, small enough to keep the
+/// bound parameters (12 per row at most) far below SQLite's limit.
+const ROWS_PER_STATEMENT: usize = 100;
+
+type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
+
+/// One metric ready to be written.
+struct Row<'a> {
+    context: &'a RequestContext,
+    metric: &'a Metric,
+    timestamp: String,
+}
+
+struct Table {
+    name: &'static str,
+    columns: &'static [&'static str],
+    bind: for<'q> fn(Query<'q>, &Row<'_>) -> Query<'q>,
+}
+
+const METRICS: Table = Table {
+    name: "metrics",
+    columns: &[
+        "request_id",
+        "service",
+        "service_version",
+        "instance_id",
+        "metric_type",
+        "timestamp",
+        "value",
+        "duration_ms",
+        "dimensions",
+        "metadata",
+    ],
+    bind: |query, row| {
+        let (context, metric) = (row.context, row.metric);
+        query
+            .bind(context.request_id.clone())
+            .bind(context.service.clone())
+            .bind(context.version.clone())
+            .bind(context.instance_id.clone())
+            .bind(metric.metric_type.as_str())
+            .bind(row.timestamp.clone())
+            .bind(metric.value)
+            .bind(metric.duration_ms)
+            .bind(json_text(&metric.dimensions))
+            .bind(json_text(&metric.metadata))
+    },
+};
+
+const AUTH_METRICS: Table = Table {
+    name: "auth_metrics",
+    columns: &[
+        "request_id",
+        "timestamp",
+        "service",
+        "duration_ms",
+        "success",
+        "method",
+        "server",
+        "user_hash",
+        "error_code",
+    ],
+    bind: |query, row| {
+        let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
+        bind_common(query, row)
+            .bind(boolean(dimensions.get("success")))
+            .bind(text(dimensions.get("method")))
+            .bind(text(dimensions.get("server")))
+            .bind(text(dimensions.get("user_hash")))
+            .bind(text(metadata.get("error_code")))
+    },
+};
+
+const DISCOVERY_METRICS: Table = Table {
+    name: "discovery_metrics",
+    columns: &[
+        "request_id",
+        "timestamp",
+        "service",
+        "duration_ms",
+        "query",
+        "results_count",
+        "top_k_services",
+        "top_n_tools",
+        "embedding_time_ms",
+        "faiss_search_time_ms",
+    ],
+    bind: |query, row| {
+        let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
+        bind_common(query, row)
+            .bind(text(dimensions.get("query")))
+            .bind(integer(dimensions.get("results_count")))
+            .bind(integer(dimensions.get("top_k_services")))
+            .bind(integer(dimensions.get("top_n_tools")))
+            .bind(real(metadata.get("embedding_time_ms")))
+            .bind(real(metadata.get("faiss_search_time_ms")))
+    },
+};
+
+const TOOL_METRICS: Table = Table {
+    name: "tool_metrics",
+    columns: &[
+        "request_id",
+        "timestamp",
+        "service",
+        "duration_ms",
+        "tool_name",
+        "server_path",
+        "server_name",
+        "success",
+        "error_code",
+        "input_size_bytes",
+        "output_size_bytes",
+    ],
+    bind: |query, row| {
+        let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
+        bind_common(query, row)
+            .bind(text(dimensions.get("tool_name")))
+            .bind(text(dimensions.get("server_path")))
+            .bind(text(dimensions.get("server_name")))
+            .bind(boolean(dimensions.get("success")))
+            .bind(text(metadata.get("error_code")))
+            .bind(integer(metadata.get("input_size_bytes")))
+            .bind(integer(metadata.get("output_size_bytes")))
+    },
+};
+
+/// The columns every typed table starts with.
+fn bind_common<'q>(query: Query<'q>, row: &Row<'_>) -> Query<'q> {
+    query
+        .bind(row.context.request_id.clone())
+        .bind(row.timestamp.clone())
+        .bind(row.context.service.clone())
+        .bind(row.metric.duration_ms)
+}
+
+/// The typed table a metric also lands in, if any.
+fn typed_table(metric_type: MetricType) -> Option<&'static Table> {
+    match metric_type {
+        MetricType::AuthRequest => Some(&AUTH_METRICS),
+        MetricType::ToolDiscovery => Some(&DISCOVERY_METRICS),
+        MetricType::ToolExecution => Some(&TOOL_METRICS),
+        _ => None,
+    }
+}
+
+impl Store {
+    /// Writes every metric of the batch in one transaction: all rows or none.
+    pub async fn write_batch(&self, batch: &Batch) -> Result<(), sqlx::Error> {
+        let rows: Vec<Row> = batch
+            .metrics()
+            .map(|(context, metric)| Row {
+                context,
+                metric,
+                timestamp: timestamp_text(&metric.timestamp),
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool().begin().await?;
+        insert(&mut tx, &METRICS, rows.iter()).await?;
+        for table in [&AUTH_METRICS, &DISCOVERY_METRICS, &TOOL_METRICS] {
+            let typed = rows.iter().filter(|row| {
+                typed_table(row.metric.metric_type).is_some_and(|t| t.name == table.name)
+            });
+            insert(&mut tx, table, typed).await?;
+        }
+        tx.commit().await
+    }
+}
+
+async fn insert<'a>(
+    conn: &mut SqliteConnection,
+    table: &Table,
+    rows: impl Iterator<Item = &'a Row<'a>>,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<&Row> = rows.collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut query = sqlx::query(AssertSqlSafe(insert_sql(table, chunk.len())));
+        for row in chunk {
+            query = (table.bind)(query, row);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// `INSERT INTO t (a, b) VALUES (?, ?), (?, ?) ...` for `rows` rows, built once per shape so the
+/// driver's statement cache can keep it prepared.
+fn insert_sql(table: &Table, rows: usize) -> Arc<str> {
+    type Statements = HashMap<(&'static str, usize), Arc<str>>;
+    static CACHE: Mutex<Option<Statements>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .get_or_insert_with(HashMap::new)
+        .entry((table.name, rows))
+        .or_insert_with(|| {
+            let tuple = format!("({})", vec!["?"; table.columns.len()].join(", "));
+            let values = vec![tuple; rows].join(", ");
+            format!(
+                "INSERT INTO {} ({}) VALUES {}",
+                table.name,
+                table.columns.join(", "),
+                values
+            )
+            .into()
+        })
+        .clone()
+}
+
+fn json_text(map: &Map<String, Value>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+}
+
+/// A TEXT column from a JSON value: strings as they are, other scalars as written, null as NULL.
+fn text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A BOOLEAN column: true/false, 1/0, or their spellings as strings.
+fn boolean(value: Option<&Value>) -> Option<bool> {
+    match value? {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|n| n != 0.0),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Some(true),
+            "false" | "0" | "no" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// An INTEGER column: whole numbers, or strings that hold one.
+fn integer(value: Option<&Value>) -> Option<i64> {
+    match value? {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A REAL column: numbers, or strings that hold one.
+fn real(value: Option<&Value>) -> Option<f64> {
+    match value? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn column_conversions() {
+        assert_eq!(text(Some(&json!("jwt"))), Some("jwt".into()));
+        assert_eq!(text(Some(&json!(404))), Some("404".into()));
+        assert_eq!(text(Some(&json!(null))), None);
+        assert_eq!(boolean(Some(&json!("False"))), Some(false));
+        assert_eq!(boolean(Some(&json!(1))), Some(true));
+        assert_eq!(integer(Some(&json!(5.0))), Some(5));
+        assert_eq!(integer(Some(&json!("12"))), Some(12));
+        assert_eq!(integer(Some(&json!(1.5))), None);
+        assert_eq!(real(Some(&json!("2.5"))), Some(2.5));
+    }
+
+    #[test]
+    fn insert_sql_has_one_tuple_per_row() {
+        let sql = insert_sql(&AUTH_METRICS, 2);
+        assert!(sql.starts_with("INSERT INTO auth_metrics (request_id, timestamp"));
+        assert_eq!(sql.matches('?').count(), 18);
+    }
+}
