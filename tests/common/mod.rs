@@ -1,0 +1,179 @@
+//! What the integration tests share: a real service on a loopback port with a real SQLite file
+//! in a temporary folder, and a real HTTP client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mcp_metrics::Service;
+use mcp_metrics_store::Store;
+use serde_json::{Value, json};
+
+/// A running service and the folder its files live in.
+pub struct TestService {
+    pub service: Option<Service>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+}
+
+/// The default pipeline, listening on a free loopback port, storing in `{dir}/metrics.db`.
+/// `{dir}` in a config stands for the test's temporary folder.
+pub const DEFAULT_PIPELINE: &str = "
+receivers:
+  http: {host: 127.0.0.1, port: 0}
+processors:
+  auth: {database: '{dir}/metrics.db', refresh_interval: 200ms}
+  validate: {}
+exporters:
+  sqlite: {path: '{dir}/metrics.db'}
+service:
+  pipelines:
+    metrics: {receivers: [http], processors: [auth, validate], exporters: [sqlite]}
+";
+
+impl TestService {
+    pub async fn start() -> TestService {
+        TestService::with_config(DEFAULT_PIPELINE).await
+    }
+
+    /// Starts a service from config text; `{dir}` is replaced by a fresh temporary folder.
+    pub async fn with_config(yaml: &str) -> TestService {
+        let dir = tempfile::tempdir().unwrap();
+        TestService::in_dir(dir, yaml).await
+    }
+
+    pub async fn in_dir(dir: tempfile::TempDir, yaml: &str) -> TestService {
+        let text = yaml.replace("{dir}", dir.path().to_str().unwrap());
+        let config = mcp_metrics::parse(&text, "test config", &|name| std::env::var(name).ok())
+            .unwrap_or_else(|errors| panic!("{errors}"));
+        let service = Service::start(config).await.expect("service starts");
+        let addr = service
+            .receiver_addr("http")
+            .expect("http receiver listens");
+        TestService {
+            service: Some(service),
+            dir,
+            addr,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("metrics.db")
+    }
+
+    pub async fn store(&self) -> std::sync::Arc<Store> {
+        Store::open(self.db_path()).await.unwrap()
+    }
+
+    /// A fresh active key for `service`.
+    pub async fn key(&self, service: &str) -> String {
+        self.store()
+            .await
+            .create_key(service, 1000)
+            .await
+            .unwrap()
+            .1
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs a JSON body to /metrics with a key; returns status, headers and parsed body.
+    pub async fn post(&self, key: Option<&str>, body: &Value) -> Reply {
+        let mut request = self.client.post(self.url("/metrics")).json(body);
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        Reply::from(request.send().await.unwrap()).await
+    }
+
+    /// Rows in `table`, waiting up to 5 s for `expected` of them (exports are asynchronous).
+    pub async fn rows_eventually(&self, table: &str, expected: i64) -> i64 {
+        let store = self.store().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let count = store.row_counts().await.unwrap()[table];
+            if count >= expected || tokio::time::Instant::now() > deadline {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the service the way SIGTERM does: drain, then return.
+    pub async fn shutdown(&mut self) {
+        if let Some(service) = self.service.take() {
+            service.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub async fn from(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply is not JSON: {text:?}"));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Asserts the contract's error body and returns its `error`.
+    pub fn error(&self) -> &str {
+        assert_eq!(self.body["status"], "error", "{}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            self.body
+        );
+        assert!(
+            self.body["request_id"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("req_")),
+            "{}",
+            self.body
+        );
+        self.body["error"].as_str().unwrap()
+    }
+}
+
+/// The contract's example request.
+pub fn example_request() -> Value {
+    json!({
+        "service": "auth-server",
+        "version": "1.0.0",
+        "instance_id": "auth-01",
+        "metrics": [{
+            "type": "auth_request",
+            "timestamp": "2024-01-15T10:30:00Z",
+            "value": 1.0,
+            "duration_ms": 45.2,
+            "dimensions": {"method": "jwt", "success": true, "server": "mcpgw", "user_hash": "user_abc123"},
+            "metadata": {"error_code": null, "request_size": 1024, "response_size": 512}
+        }]
+    })
+}
+
+/// A request of `metrics` for `service`.
+pub fn request_of(service: &str, metrics: Vec<Value>) -> Value {
+    json!({"service": service, "metrics": metrics})
+}
+
+/// A simple valid metric of a type.
+pub fn metric(metric_type: &str) -> Value {
+    json!({"type": metric_type, "value": 1.0, "duration_ms": 12.5, "dimensions": {"k": "v"}})
+}
