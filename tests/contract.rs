@@ -48,10 +48,297 @@ async fn the_contract_example_is_accepted_and_stored() {
         .await
         .unwrap();
     assert_eq!(auth.get::<String, _>("request_id"), request_id);
-    assert_eq!(auth.get::<bool, _>("success"), true);
+    assert!(auth.get::<bool, _>("success"));
     assert_eq!(auth.get::<String, _>("method"), "jwt");
     assert_eq!(auth.get::<String, _>("server"), "mcpgw");
     assert_eq!(auth.get::<String, _>("user_hash"), "user_abc123");
     assert_eq!(auth.get::<Option<String>, _>("error_code"), None);
     assert_eq!(auth.get::<f64, _>("duration_ms"), 45.2);
+}
+
+#[tokio::test]
+async fn typed_metrics_land_in_their_tables_with_the_contract_mapping() {
+    let mut svc = TestService::start().await;
+    let key = svc.key("registry").await;
+    let body = json!({
+        "service": "registry",
+        "metrics": [
+            {"type": "tool_discovery", "value": 1, "duration_ms": 80.0,
+             "dimensions": {"query": "weather tools", "results_count": 5, "top_k_services": 3, "top_n_tools": "10"},
+             "metadata": {"embedding_time_ms": 12.5, "faiss_search_time_ms": 3.25}},
+            {"type": "tool_execution", "value": 1, "duration_ms": 250.0,
+             "dimensions": {"tool_name": "get_weather", "server_path": "/weather", "server_name": "weather", "success": false},
+             "metadata": {"error_code": 504, "input_size_bytes": 128, "output_size_bytes": 2048}},
+            {"type": "registry_operation", "value": 2},
+            {"type": "health_check", "value": 1},
+            {"type": "protocol_latency", "value": 0.5},
+            {"type": "custom", "value": 42}
+        ]
+    });
+    let reply = svc.post(Some(&key), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 6);
+    svc.shutdown().await;
+
+    let store = svc.store().await;
+    let counts = store.row_counts().await.unwrap();
+    assert_eq!(counts["metrics"], 6);
+    assert_eq!(counts["discovery_metrics"], 1);
+    assert_eq!(counts["tool_metrics"], 1);
+    assert_eq!(counts["auth_metrics"], 0);
+
+    let d = sqlx::query("SELECT * FROM discovery_metrics")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(d.get::<String, _>("query"), "weather tools");
+    assert_eq!(d.get::<i64, _>("results_count"), 5);
+    assert_eq!(d.get::<i64, _>("top_k_services"), 3);
+    assert_eq!(d.get::<i64, _>("top_n_tools"), 10);
+    assert_eq!(d.get::<f64, _>("embedding_time_ms"), 12.5);
+    assert_eq!(d.get::<f64, _>("faiss_search_time_ms"), 3.25);
+    assert_eq!(d.get::<String, _>("service"), "registry");
+
+    let t = sqlx::query("SELECT * FROM tool_metrics")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(t.get::<String, _>("tool_name"), "get_weather");
+    assert_eq!(t.get::<String, _>("server_path"), "/weather");
+    assert_eq!(t.get::<String, _>("server_name"), "weather");
+    assert!(!t.get::<bool, _>("success"));
+    assert_eq!(t.get::<String, _>("error_code"), "504");
+    assert_eq!(t.get::<i64, _>("input_size_bytes"), 128);
+    assert_eq!(t.get::<i64, _>("output_size_bytes"), 2048);
+    assert_eq!(t.get::<f64, _>("duration_ms"), 250.0);
+
+    let types: Vec<String> = sqlx::query_scalar("SELECT metric_type FROM metrics ORDER BY id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        types,
+        [
+            "tool_discovery",
+            "tool_execution",
+            "registry_operation",
+            "health_check",
+            "protocol_latency",
+            "custom"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn each_metric_is_judged_alone() {
+    let mut svc = TestService::start().await;
+    let key = svc.key("svc").await;
+    let too_many_keys: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|i| (format!("k{i}"), json!(i))).collect();
+    let body = request_of(
+        "svc",
+        vec![
+            metric("auth_request"),
+            json!({"type": "no_such_type", "value": 1}),
+            json!({"type": "custom"}),
+            json!({"type": "custom", "value": "12"}),
+            json!({"type": "custom", "value": 1, "timestamp": "last tuesday"}),
+            json!({"type": "custom", "value": 1, "duration_ms": -5}),
+            json!({"type": "custom", "value": 1, "dimensions": too_many_keys}),
+            json!({"type": "custom", "value": 1, "metadata": {"a": {"b": {"c": {"d": {"e": 1}}}}}}),
+            json!({"type": "custom", "value": 1, "timestamp": "2999-01-01T00:00:00Z"}),
+            json!("not an object"),
+            metric("tool_execution"),
+        ],
+    );
+    let reply = svc.post(Some(&key), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 2);
+    assert_eq!(reply.body["rejected"], 9);
+    let errors: Vec<&str> = reply.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let expected_starts = [
+        "metrics[1]: type: unknown metric type \"no_such_type\"",
+        "metrics[2]: missing field `value`",
+        "metrics[3]: invalid type: string \"12\"",
+        "metrics[4]: timestamp:",
+        "metrics[5]: duration_ms:",
+        "metrics[6]: dimensions: 65 keys, at most 64",
+        "metrics[7]: metadata: nested 4 levels deep, at most 3",
+        "metrics[8]: timestamp: 2999-01-01",
+        "metrics[9]: invalid type: string",
+    ];
+    assert_eq!(errors.len(), expected_starts.len(), "{errors:#?}");
+    for (error, start) in errors.iter().zip(expected_starts) {
+        assert!(
+            error.starts_with(start),
+            "{error:?} should start with {start:?}"
+        );
+    }
+    assert_eq!(svc.rows_eventually("metrics", 2).await, 2);
+    svc.shutdown().await;
+    let types: Vec<String> = sqlx::query_scalar("SELECT metric_type FROM metrics ORDER BY id")
+        .fetch_all(svc.store().await.pool())
+        .await
+        .unwrap();
+    assert_eq!(types, ["auth_request", "tool_execution"]);
+}
+
+#[tokio::test]
+async fn a_request_whose_metrics_are_all_bad_is_not_a_200() {
+    let svc = TestService::start().await;
+    let key = svc.key("svc").await;
+    let reply = svc
+        .post(
+            Some(&key),
+            &request_of("svc", vec![json!({"type": "custom", "value": null})]),
+        )
+        .await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(reply.error(), "no_valid_metrics");
+    assert_eq!(reply.body["rejected"], 1);
+    assert!(
+        reply.body["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("metrics[0]: ")
+    );
+}
+
+#[tokio::test]
+async fn an_empty_metrics_array_is_accepted_as_nothing() {
+    let svc = TestService::start().await;
+    let key = svc.key("svc").await;
+    let reply = svc.post(Some(&key), &request_of("svc", vec![])).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 0);
+}
+
+#[tokio::test]
+async fn timestamps_naive_zoned_and_missing_are_stored_as_utc() {
+    let mut svc = TestService::start().await;
+    let key = svc.key("svc").await;
+    let before = chrono::Utc::now();
+    let body = request_of(
+        "svc",
+        vec![
+            json!({"type": "custom", "value": 1, "timestamp": "2024-01-15T10:30:00.123456"}),
+            json!({"type": "custom", "value": 2, "timestamp": "2024-01-15T12:30:00+02:00"}),
+            json!({"type": "custom", "value": 3}),
+        ],
+    );
+    assert_eq!(svc.post(Some(&key), &body).await.status, 200);
+    let after = chrono::Utc::now();
+    svc.shutdown().await;
+    let stamps: Vec<String> = sqlx::query_scalar("SELECT timestamp FROM metrics ORDER BY value")
+        .fetch_all(svc.store().await.pool())
+        .await
+        .unwrap();
+    assert_eq!(stamps[0], "2024-01-15T10:30:00.123456Z");
+    assert_eq!(stamps[1], "2024-01-15T10:30:00.000000Z");
+    let received = mcp_metrics_plugin::parse_timestamp(&stamps[2]).unwrap();
+    assert!(
+        before - chrono::Duration::milliseconds(1) <= received && received <= after,
+        "{received}"
+    );
+}
+
+#[tokio::test]
+async fn request_level_limits_refuse_the_request_with_the_contract_error() {
+    let svc = TestService::with_config(&DEFAULT_PIPELINE.replace(
+        "http: {host: 127.0.0.1, port: 0}",
+        "http: {host: 127.0.0.1, port: 0, max_request_size: 4KiB, max_metrics_per_request: 100}",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+
+    // 101 metrics: refused whole, never a 200 with the metrics dropped.
+    let reply = svc
+        .post(
+            Some(&key),
+            &request_of("svc", vec![json!({"type": "custom", "value": 1}); 101]),
+        )
+        .await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.error(), "too_many_metrics");
+
+    let big = json!({"type": "custom", "value": 1, "dimensions": {"blob": "x".repeat(5000)}});
+    let reply = svc.post(Some(&key), &request_of("svc", vec![big])).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.error(), "request_too_large");
+
+    let raw = |body: &'static str, content_type: &'static str| {
+        svc.client
+            .post(svc.url("/metrics"))
+            .header("X-API-Key", key.clone())
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+    };
+    let reply = Reply::from(
+        raw("{\"service\": \"svc\", \"metrics\": [", "application/json")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.error(), "malformed_json");
+
+    let reply = Reply::from(raw("{\"metrics\": []}", "application/json").await.unwrap()).await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(reply.error(), "invalid_request");
+    assert!(reply.body["message"].as_str().unwrap().contains("service"));
+
+    let reply = Reply::from(
+        raw(
+            "{\"service\": \"svc\", \"metrics\": {}}",
+            "application/json",
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 422);
+
+    let reply = Reply::from(
+        raw("service=svc", "application/x-www-form-urlencoded")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 415);
+    assert_eq!(reply.error(), "unsupported_media_type");
+
+    let long = json!({"service": "s".repeat(51), "version": "v".repeat(21), "metrics": [{"type": "custom", "value": 1}]});
+    let reply = svc.post(Some(&key), &long).await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(reply.error(), "invalid_request");
+    let message = reply.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("service: 51 characters") && message.contains("version: 21 characters"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn other_routes_answer_with_the_contract_error_body() {
+    let svc = TestService::start().await;
+    let reply = Reply::from(svc.client.get(svc.url("/health")).send().await.unwrap()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.body,
+        json!({"status": "healthy", "service": "metrics-collection"})
+    );
+
+    let reply = Reply::from(svc.client.get(svc.url("/nope")).send().await.unwrap()).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.error(), "not_found");
+
+    let reply = Reply::from(svc.client.get(svc.url("/metrics")).send().await.unwrap()).await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.error(), "method_not_allowed");
 }

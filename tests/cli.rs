@@ -1,0 +1,164 @@
+//! The binary as a newcomer uses it: keys from the CLI, `run` with no flags on the built-in
+//! default, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::json;
+
+fn mcp_metrics(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mcp-metrics"));
+    command
+        .current_dir(dir)
+        .env_remove("SQLITE_DB_PATH")
+        .env("RUST_LOG", "info");
+    command
+}
+
+fn stdout_of(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Starts `run` and waits for the http receiver's address in its log.
+fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = mcp_metrics(dir)
+        .env("METRICS_SERVICE_HOST", "127.0.0.1")
+        .env("METRICS_SERVICE_PORT", "0")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, log) = mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(20))
+            .expect("service logs its address");
+        if let Some(at) = line.find("address=") {
+            let address = line[at + "address=".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+            return (child, address, log);
+        }
+    }
+}
+
+fn terminate(child: &mut Child) -> i32 {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap().code().expect("exited, not killed")
+}
+
+#[test]
+fn keys_are_created_listed_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = stdout_of(mcp_metrics(dir.path()).args([
+        "keys",
+        "create",
+        "--service",
+        "auth-server",
+        "--rate-limit",
+        "50",
+    ]));
+    let key = created.lines().last().unwrap();
+    assert!(
+        key.starts_with("mcp_metrics_") && key.len() == "mcp_metrics_".len() + 43,
+        "{created}"
+    );
+
+    let listed = stdout_of(mcp_metrics(dir.path()).args(["keys", "list"]));
+    let row = listed.lines().nth(1).expect("one key listed");
+    assert!(
+        row.contains("auth-server") && row.contains("yes") && row.contains("50"),
+        "{listed}"
+    );
+    assert!(!listed.contains(key), "the key itself is never shown again");
+
+    stdout_of(mcp_metrics(dir.path()).args(["keys", "revoke", "1"]));
+    let listed = stdout_of(mcp_metrics(dir.path()).args(["keys", "list"]));
+    assert!(listed.lines().nth(1).unwrap().contains(" no "), "{listed}");
+
+    let output = mcp_metrics(dir.path())
+        .args(["keys", "revoke", "99"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no key with id 99"));
+}
+
+#[test]
+fn components_lists_every_built_in_type_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let listed = stdout_of(mcp_metrics(dir.path()).arg("components"));
+    for expected in [
+        "  http:",
+        "  auth:",
+        "  validate:",
+        "  sqlite:",
+        "port: 8890",
+        "refresh_interval: 2s",
+        "queue_size:",
+    ] {
+        assert!(
+            listed.contains(expected),
+            "{expected:?} missing from:\n{listed}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn run_with_no_flags_serves_the_contract_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let created =
+        stdout_of(mcp_metrics(dir.path()).args(["keys", "create", "--service", "auth-server"]));
+    let key = created.lines().last().unwrap().to_owned();
+    let (mut child, address, _log) = start(dir.path());
+
+    let client = reqwest::Client::new();
+    let body = json!({
+        "service": "auth-server", "version": "1.0.0", "instance_id": "auth-01",
+        "metrics": [{"type": "auth_request", "timestamp": "2024-01-15T10:30:00Z", "value": 1.0, "duration_ms": 45.2,
+                     "dimensions": {"method": "jwt", "success": true, "server": "mcpgw", "user_hash": "user_abc123"},
+                     "metadata": {"error_code": null, "request_size": 1024, "response_size": 512}}]
+    });
+    let mut accepted = 0;
+    for _ in 0..20 {
+        let reply = client
+            .post(format!("http://{address}/metrics"))
+            .header("X-API-Key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+        let reply: serde_json::Value = reply.json().await.unwrap();
+        accepted += reply["accepted"].as_i64().unwrap();
+    }
+    assert_eq!(terminate(&mut child), 0);
+
+    // Everything acknowledged is in the default database file, in both tables.
+    let store = mcp_metrics_store::Store::open(dir.path().join("data/metrics.db"))
+        .await
+        .unwrap();
+    let counts = store.row_counts().await.unwrap();
+    assert_eq!(counts["metrics"], accepted);
+    assert_eq!(counts["auth_metrics"], accepted);
+}

@@ -1,0 +1,122 @@
+//! Wiring: fan-out and fan-in, named components of one type, end-to-end acknowledgements, and
+//! the database's migrations.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn one_receiver_feeds_two_pipelines_and_two_named_exporters() {
+    let mut svc = TestService::with_config(
+        "
+receivers:
+  http: {host: 127.0.0.1, port: 0}
+processors:
+  auth: {database: '{dir}/metrics.db'}
+  validate: {}
+exporters:
+  sqlite: {path: '{dir}/metrics.db'}
+  sqlite/copy: {path: '{dir}/copy.db'}
+service:
+  pipelines:
+    primary: {receivers: [http], processors: [auth, validate], exporters: [sqlite, sqlite/copy]}
+    archive: {receivers: [http], processors: [auth], exporters: [sqlite/copy]}
+",
+    )
+    .await;
+    let key = svc.key("svc").await;
+    let body = request_of(
+        "svc",
+        vec![
+            metric("auth_request"),
+            metric("custom"),
+            json!({"type": "custom", "value": 1, "duration_ms": -1}),
+        ],
+    );
+    let reply = svc.post(Some(&key), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // A metric rejected by any pipeline is reported rejected.
+    assert_eq!(reply.body["accepted"], 2);
+    assert_eq!(reply.body["rejected"], 1);
+    svc.shutdown().await;
+
+    let primary = mcp_metrics_store::Store::open(svc.dir.path().join("metrics.db"))
+        .await
+        .unwrap();
+    assert_eq!(primary.row_counts().await.unwrap()["metrics"], 2);
+    // The copy gets the primary pipeline's 2 and the archive pipeline's 3 (it does not validate).
+    let copy = mcp_metrics_store::Store::open(svc.dir.path().join("copy.db"))
+        .await
+        .unwrap();
+    assert_eq!(copy.row_counts().await.unwrap()["metrics"], 5);
+    assert_eq!(copy.row_counts().await.unwrap()["auth_metrics"], 2);
+}
+
+#[tokio::test]
+async fn with_acknowledgements_a_200_means_committed() {
+    let svc = TestService::with_config(&DEFAULT_PIPELINE.replace(
+        "http: {host: 127.0.0.1, port: 0}",
+        "http: {host: 127.0.0.1, port: 0, acknowledgements: true}",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+    let store = svc.store().await;
+    for round in 1..=5 {
+        let reply = svc
+            .post(
+                Some(&key),
+                &request_of("svc", vec![metric("tool_execution"); 10]),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        // No waiting: the rows are there when the reply is.
+        let counts = store.row_counts().await.unwrap();
+        assert_eq!(counts["metrics"], round * 10);
+        assert_eq!(counts["tool_metrics"], round * 10);
+    }
+}
+
+#[tokio::test]
+async fn a_database_of_the_python_service_opens_with_its_rows_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.db");
+    {
+        // The contract's schema as the Python service creates it, with a row and an extra table.
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+        for statement in [
+            "CREATE TABLE api_keys (id INTEGER PRIMARY KEY AUTOINCREMENT, key_hash TEXT UNIQUE NOT NULL, service_name TEXT NOT NULL, created_at TEXT NOT NULL, last_used_at TEXT, is_active BOOLEAN DEFAULT 1, rate_limit INTEGER DEFAULT 1000)",
+            "CREATE TABLE metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, service TEXT NOT NULL, service_version TEXT, instance_id TEXT, metric_type TEXT NOT NULL, timestamp TEXT NOT NULL, value REAL NOT NULL, duration_ms REAL, dimensions TEXT, metadata TEXT, created_at TEXT DEFAULT (datetime('now')))",
+            "INSERT INTO metrics (request_id, service, metric_type, timestamp, value) VALUES ('req_old', 'auth-server', 'auth_request', '2024-01-15T10:30:00', 1.0)",
+            "CREATE TABLE extra_table (x INTEGER)",
+            "INSERT INTO extra_table VALUES (7)",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let mut svc = TestService::in_dir(dir, DEFAULT_PIPELINE).await;
+    let key = svc.key("auth-server").await;
+    assert_eq!(svc.post(Some(&key), &example_request()).await.status, 200);
+    svc.shutdown().await;
+
+    let store = svc.store().await;
+    let counts = store.row_counts().await.unwrap();
+    assert_eq!(
+        counts["metrics"], 2,
+        "the old row is kept and the new one added"
+    );
+    assert_eq!(counts["auth_metrics"], 1, "missing tables were created");
+    let extra: i64 = sqlx::query_scalar("SELECT x FROM extra_table")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(extra, 7);
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(applied >= 1);
+}
