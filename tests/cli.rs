@@ -43,10 +43,7 @@ fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
             let _ = lines.send(line);
         }
     });
-    loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(20))
-            .expect("service logs its address");
+    while let Ok(line) = log.recv_timeout(Duration::from_secs(20)) {
         if let Some(at) = line.find("address=") {
             let address = line[at + "address=".len()..]
                 .split_whitespace()
@@ -56,6 +53,9 @@ fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
             return (child, address, log);
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the service did not log its address");
 }
 
 fn terminate(child: &mut Child) -> i32 {
