@@ -55,9 +55,10 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         service: String,
-        /// Requests per minute.
-        #[arg(long, default_value_t = 1000)]
-        rate_limit: u32,
+        /// Requests per minute; without it the key follows the service's default
+        /// (the rate_limit processor's `default_limit`, METRICS_RATE_LIMIT in the default config).
+        #[arg(long)]
+        rate_limit: Option<u32>,
     },
     /// List the keys (never the keys themselves: only their digests are stored).
     List,
@@ -141,7 +142,9 @@ async fn keys(command: KeysCommand, database: &Path) -> anyhow::Result<()> {
             let (record, key) = store.create_key(&service, rate_limit).await?;
             println!(
                 "Created key {} for service {} ({} requests/minute). It is shown only now:",
-                record.id, record.service_name, record.rate_limit
+                record.id,
+                record.service_name,
+                limit_text(record.rate_limit)
             );
             println!("{key}");
         }
@@ -156,7 +159,7 @@ async fn keys(command: KeysCommand, database: &Path) -> anyhow::Result<()> {
                     key.id,
                     key.service_name,
                     if key.is_active { "yes" } else { "no" },
-                    key.rate_limit,
+                    limit_text(key.rate_limit),
                     key.created_at,
                     key.last_used_at.as_deref().unwrap_or("never"),
                 );
@@ -170,4 +173,8 @@ async fn keys(command: KeysCommand, database: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn limit_text(limit: Option<u32>) -> String {
+    limit.map_or_else(|| "default".to_owned(), |n| n.to_string())
 }

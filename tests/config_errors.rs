@@ -62,7 +62,9 @@ fn every_problem_is_reported_at_once_with_its_place() {
         "unknown processor type `bogus`",
     );
     assert!(
-        unknown.message.contains("known types: auth, validate"),
+        unknown
+            .message
+            .contains("known types: auth, batch, enrich, rate_limit, validate"),
         "{unknown:?}"
     );
     assert_eq!(unknown.line, Some(7));

@@ -76,8 +76,8 @@ pub struct Metric {
 pub struct KeyInfo {
     pub id: i64,
     pub service_name: String,
-    /// Requests per minute this key may send.
-    pub rate_limit: u32,
+    /// Requests per minute this key may send; none means the service's default.
+    pub rate_limit: Option<u32>,
 }
 
 /// What is known about the request that brought a group of metrics.

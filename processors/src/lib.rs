@@ -2,4 +2,7 @@
 //! engine's registry next to its config type.
 
 pub mod auth;
+pub mod batch;
+pub mod enrich;
+pub mod rate_limit;
 pub mod validate;

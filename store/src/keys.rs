@@ -18,7 +18,8 @@ pub struct KeyRecord {
     pub created_at: String,
     pub last_used_at: Option<String>,
     pub is_active: bool,
-    pub rate_limit: u32,
+    /// Requests per minute; none means the service's default.
+    pub rate_limit: Option<u32>,
 }
 
 /// A new key: `mcp_metrics_` and 32 random bytes in URL-safe base64 (43 characters).
@@ -39,7 +40,7 @@ impl Store {
     pub async fn create_key(
         &self,
         service_name: &str,
-        rate_limit: u32,
+        rate_limit: Option<u32>,
     ) -> anyhow::Result<(KeyRecord, String)> {
         let key = generate_key();
         let created_at = timestamp_text(&Utc::now());
@@ -50,7 +51,7 @@ impl Store {
         .bind(hash_key(&key))
         .bind(service_name)
         .bind(&created_at)
-        .bind(rate_limit as i64)
+        .bind(rate_limit.map(i64::from))
         .execute(self.pool())
         .await?
         .last_insert_rowid();
@@ -144,9 +145,9 @@ fn key_info(row: &sqlx::sqlite::SqliteRow) -> Result<KeyInfo, sqlx::Error> {
     })
 }
 
-/// The contract's default applies where the column is empty; negative values make no sense.
-fn rate_limit(column: Option<i64>) -> u32 {
-    column.map_or(1000, |n| n.clamp(0, u32::MAX as i64) as u32)
+/// An empty column means the service's default; negative values make no sense.
+fn rate_limit(column: Option<i64>) -> Option<u32> {
+    column.map(|n| n.clamp(0, u32::MAX as i64) as u32)
 }
 
 #[cfg(test)]

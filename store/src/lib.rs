@@ -4,6 +4,7 @@
 
 mod key_cache;
 mod keys;
+mod retention;
 mod rows;
 
 use std::collections::HashMap;

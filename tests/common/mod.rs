@@ -19,7 +19,8 @@ pub struct TestService {
 }
 
 /// The default pipeline, listening on a free loopback port, storing in `{dir}/metrics.db`.
-/// `{dir}` in a config stands for the test's temporary folder.
+/// `{dir}` in a config stands for the test's temporary folder. No batching, so tests need not
+/// wait for a timeout; no retention, so the contract's 2024 example rows stay.
 pub const DEFAULT_PIPELINE: &str = "
 receivers:
   http: {host: 127.0.0.1, port: 0}
@@ -27,7 +28,7 @@ processors:
   auth: {database: '{dir}/metrics.db', refresh_interval: 200ms}
   validate: {}
 exporters:
-  sqlite: {path: '{dir}/metrics.db'}
+  sqlite: {path: '{dir}/metrics.db', retention_days: 0}
 service:
   pipelines:
     metrics: {receivers: [http], processors: [auth, validate], exporters: [sqlite]}
@@ -72,7 +73,7 @@ impl TestService {
     pub async fn key(&self, service: &str) -> String {
         self.store()
             .await
-            .create_key(service, 1000)
+            .create_key(service, None)
             .await
             .unwrap()
             .1

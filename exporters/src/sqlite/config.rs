@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Exporter, ExporterConfig, ExporterRegistration,
@@ -14,30 +15,49 @@ use super::SqliteExporter;
 pub struct SqliteConfig {
     /// The database file; created with its folder when missing.
     pub path: PathBuf,
+    /// Rows older than this many days are deleted (METRICS_RETENTION_DAYS); 0 keeps them all.
+    pub retention_days: u32,
+    /// How often old rows are looked for.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
 }
 
 impl Default for SqliteConfig {
     fn default() -> Self {
         SqliteConfig {
             path: PathBuf::from("./data/metrics.db"),
+            retention_days: 90,
+            retention_interval: Duration::from_secs(3600),
         }
     }
 }
 
 impl ComponentConfig for SqliteConfig {
     fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if self.path.as_os_str().is_empty() {
-            vec!["path: must name a file".into()]
-        } else {
-            vec![]
+            problems.push("path: must name a file".into());
         }
+        if self.retention_interval.is_zero() {
+            problems.push("retention_interval: must be more than zero".into());
+        }
+        problems
     }
 }
 
 #[async_trait]
 impl ExporterConfig for SqliteConfig {
-    async fn build(&self, _cx: &BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
         let store = Store::open(&self.path).await?;
+        if self.retention_days > 0 {
+            let retention = Duration::from_secs(u64::from(self.retention_days) * 86_400);
+            tokio::spawn(super::retention::run(
+                store.clone(),
+                retention,
+                self.retention_interval,
+                cx.shutdown.clone(),
+            ));
+        }
         Ok(Box::new(SqliteExporter { store }))
     }
 }

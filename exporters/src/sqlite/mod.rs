@@ -1,6 +1,7 @@
 //! `sqlite`: stores every metric in a SQLite file with the contract's schema.
 
 mod config;
+mod retention;
 
 pub use config::SqliteConfig;
 

@@ -20,6 +20,9 @@ pub struct HttpConfig {
     pub max_request_size: ByteSize,
     /// Most metrics in one request; a larger request is refused whole with 413.
     pub max_metrics_per_request: usize,
+    /// Most requests handled at once; past it, 503. With `max_request_size` it bounds the memory
+    /// requests in flight can take.
+    pub max_concurrent_requests: usize,
     /// Answer 200 only once every exporter has the metrics (for SQLite: committed), instead of
     /// once they are queued.
     pub acknowledgements: bool,
@@ -35,6 +38,7 @@ impl Default for HttpConfig {
             port: 8890,
             max_request_size: ByteSize::mib(10),
             max_metrics_per_request: 10_000,
+            max_concurrent_requests: 256,
             acknowledgements: false,
             acknowledgement_timeout: Duration::from_secs(30),
         }
@@ -49,6 +53,9 @@ impl ComponentConfig for HttpConfig {
         }
         if self.max_metrics_per_request == 0 {
             problems.push("max_metrics_per_request: must be more than zero".into());
+        }
+        if self.max_concurrent_requests == 0 {
+            problems.push("max_concurrent_requests: must be more than zero".into());
         }
         problems
     }

@@ -16,6 +16,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -37,6 +38,7 @@ pub struct HttpReceiver {
 struct App {
     config: HttpConfig,
     next: Arc<dyn Consumer>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl HttpReceiver {
@@ -64,6 +66,7 @@ impl Receiver for HttpReceiver {
         let body_limit =
             usize::try_from(self.config.max_request_size.as_u64()).unwrap_or(usize::MAX);
         let app = Arc::new(App {
+            in_flight: tokio::sync::Semaphore::new(self.config.max_concurrent_requests),
             config: self.config,
             next,
         });
@@ -73,6 +76,7 @@ impl Receiver for HttpReceiver {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(body_limit))
+            .layer(middleware::from_fn_with_state(app.clone(), limit_in_flight))
             .with_state(app);
         tracing::info!(receiver = %self.id, address = %self.listener.local_addr()?, "listening");
         axum::serve(self.listener, router)
@@ -83,6 +87,21 @@ impl Receiver for HttpReceiver {
 
     fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+}
+
+/// Refuses a request when too many are in flight, before its body is read.
+async fn limit_in_flight(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    match app.in_flight.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            let refusal = Refusal::unavailable("too many requests in flight; retry shortly", 1);
+            refusal_reply(&refusal, &request_id())
+        }
     }
 }
 

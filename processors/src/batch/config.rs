@@ -1,0 +1,75 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_metrics_plugin::{
+    BoxError, BuildContext, ComponentConfig, Consumer, Processor, ProcessorConfig,
+    ProcessorRegistration, async_trait, inventory,
+};
+use serde::{Deserialize, Serialize};
+
+use super::BatchProcessor;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Hand a batch on once this many metrics wait (BATCH_SIZE in the default config).
+    pub send_batch_size: usize,
+    /// Or once the oldest waiting metric has waited this long (FLUSH_INTERVAL_SECONDS).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Largest batch handed on; 0 for no limit.
+    pub send_batch_max_size: usize,
+    /// Most metrics held (waiting, or refused by the next step and retried); past it, requests
+    /// are refused with 503.
+    pub queue_size: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            send_batch_size: 100,
+            timeout: Duration::from_secs(30),
+            send_batch_max_size: 0,
+            queue_size: 100_000,
+        }
+    }
+}
+
+impl ComponentConfig for BatchConfig {
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.send_batch_size == 0 {
+            problems.push("send_batch_size: must be at least 1".into());
+        }
+        if self.timeout.is_zero() {
+            problems.push("timeout: must be more than zero".into());
+        }
+        if self.send_batch_max_size != 0 && self.send_batch_max_size < self.send_batch_size {
+            problems.push("send_batch_max_size: must be 0 or at least send_batch_size".into());
+        }
+        if self.queue_size < self.send_batch_size {
+            problems.push("queue_size: must be at least send_batch_size".into());
+        }
+        problems
+    }
+}
+
+#[async_trait]
+impl ProcessorConfig for BatchConfig {
+    async fn build(
+        &self,
+        cx: &BuildContext,
+        next: Arc<dyn Consumer>,
+    ) -> Result<Arc<dyn Processor>, BoxError> {
+        Ok(Arc::new(BatchProcessor::start(
+            cx.id.clone(),
+            self.clone(),
+            next,
+        )))
+    }
+}
+
+inventory::submit!(ProcessorRegistration::of::<BatchConfig>(
+    "batch",
+    "gathers metrics into batches: flushed by size or by timeout, held safely until taken"
+));

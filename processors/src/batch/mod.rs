@@ -1,0 +1,182 @@
+//! `batch`: gathers requests into larger batches, handed on when `send_batch_size` metrics wait
+//! or `timeout` has passed since the first of them, whichever comes first (the OpenTelemetry
+//! Collector's batch processor). Unlike the Collector's, it keeps its promise: what it holds is
+//! bounded (`queue_size`, then 503), is retried when the next step refuses it, and is handed on
+//! at shutdown; each request's acknowledgement travels with its metrics.
+
+mod config;
+
+pub use config::BatchConfig;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcp_metrics_plugin::{
+    Batch, CancellationToken, Consumer, Outcome, Processor, Refusal, async_trait,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub struct BatchProcessor {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    flusher: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    config: BatchConfig,
+    next: Arc<dyn Consumer>,
+    pending: Mutex<Pending>,
+    /// Wakes the flusher when a batch starts or fills up.
+    wake: Notify,
+    id: String,
+}
+
+#[derive(Default)]
+struct Pending {
+    batch: Batch,
+    /// When the oldest pending metric arrived.
+    since: Option<Instant>,
+    /// Metrics taken by the flusher and not yet accepted downstream; they count against
+    /// `queue_size` too.
+    in_flight: usize,
+}
+
+impl BatchProcessor {
+    fn start(id: String, config: BatchConfig, next: Arc<dyn Consumer>) -> BatchProcessor {
+        let shared = Arc::new(Shared {
+            config,
+            next,
+            pending: Mutex::new(Pending::default()),
+            wake: Notify::new(),
+            id,
+        });
+        let stop = CancellationToken::new();
+        let flusher = tokio::spawn(flush_loop(shared.clone(), stop.clone()));
+        BatchProcessor {
+            shared,
+            stop,
+            flusher: tokio::sync::Mutex::new(Some(flusher)),
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for BatchProcessor {
+    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
+        let size = batch.len();
+        if size == 0 {
+            return Ok(Outcome::default());
+        }
+        let config = &self.shared.config;
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if pending.batch.len() + pending.in_flight + size > config.queue_size {
+            return Err(Refusal::unavailable(
+                format!("processor {} is full: exporters are behind", self.shared.id),
+                1,
+            ));
+        }
+        let first = pending.since.is_none();
+        if first {
+            pending.since = Some(Instant::now());
+        }
+        pending.batch.append(batch);
+        let full = pending.batch.len() >= config.send_batch_size;
+        drop(pending);
+        if first || full {
+            self.shared.wake.notify_one();
+        }
+        Ok(Outcome::default())
+    }
+}
+
+#[async_trait]
+impl Processor for BatchProcessor {
+    async fn shutdown(&self) {
+        self.stop.cancel();
+        if let Some(flusher) = self.flusher.lock().await.take() {
+            let _ = flusher.await;
+        }
+    }
+}
+
+async fn flush_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (due, ready) = {
+            let pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let ready = pending.batch.len() >= shared.config.send_batch_size;
+            (
+                pending.since.map(|since| since + shared.config.timeout),
+                ready,
+            )
+        };
+        let stopping = stop.is_cancelled();
+        if ready || stopping || due.is_some_and(|due| due <= Instant::now()) {
+            shared.flush().await;
+            if stopping {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = stop.cancelled() => {}
+            _ = sleep_until(due) => {}
+        }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Shared {
+    /// Hands on everything pending, in batches of at most `send_batch_max_size`.
+    async fn flush(&self) {
+        let mut batch = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.since = None;
+            let batch = std::mem::take(&mut pending.batch);
+            pending.in_flight = batch.len();
+            batch
+        };
+        let max = match self.config.send_batch_max_size {
+            0 => usize::MAX,
+            max => max,
+        };
+        while !batch.is_empty() {
+            let part = if batch.len() > max {
+                batch.take_front(max)
+            } else {
+                std::mem::take(&mut batch)
+            };
+            let size = part.len();
+            self.hand_on(part).await;
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.in_flight -= size;
+        }
+    }
+
+    /// Keeps offering the batch until the next step takes it: these metrics were acknowledged.
+    async fn hand_on(&self, batch: Batch) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.next.consume(batch.clone()).await {
+                Ok(_) => return,
+                Err(refusal) => {
+                    tracing::warn!(processor = %self.id, %refusal, metrics = batch.len(), retry_in = ?delay, "next step refused a batch; holding it");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
