@@ -1,22 +1,12 @@
 //! The binary as a newcomer uses it: keys from the CLI, `run` with no flags on the built-in
 //! default, SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
+use std::process::Command;
+
+use common::{mcp_metrics, spawn_service, terminate};
 use serde_json::json;
-
-fn mcp_metrics(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mcp-metrics"));
-    command
-        .current_dir(dir)
-        .env_remove("SQLITE_DB_PATH")
-        .env("RUST_LOG", "info");
-    command
-}
 
 fn stdout_of(command: &mut Command) -> String {
     let output = command.output().unwrap();
@@ -26,45 +16,6 @@ fn stdout_of(command: &mut Command) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
-}
-
-/// Starts `run` and waits for the http receiver's address in its log.
-fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
-    let mut child = mcp_metrics(dir)
-        .env("METRICS_SERVICE_HOST", "127.0.0.1")
-        .env("METRICS_SERVICE_PORT", "0")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, log) = mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    while let Ok(line) = log.recv_timeout(Duration::from_secs(20)) {
-        if let Some(at) = line.find("address=") {
-            let address = line[at + "address=".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
-            return (child, address, log);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the service did not log its address");
-}
-
-fn terminate(child: &mut Child) -> i32 {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    child.wait().unwrap().code().expect("exited, not killed")
 }
 
 #[test]
@@ -130,7 +81,11 @@ async fn run_with_no_flags_serves_the_contract_and_stops_cleanly_on_sigterm() {
     let created =
         stdout_of(mcp_metrics(dir.path()).args(["keys", "create", "--service", "auth-server"]));
     let key = created.lines().last().unwrap().to_owned();
-    let (mut child, address, _log) = start(dir.path());
+    let (mut child, address, _log) = spawn_service(
+        mcp_metrics(dir.path())
+            .env("METRICS_SERVICE_HOST", "127.0.0.1")
+            .env("METRICS_SERVICE_PORT", "0"),
+    );
 
     let client = reqwest::Client::new();
     let body = json!({

@@ -2,8 +2,11 @@
 //! in a temporary folder, and a real HTTP client.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use mcp_metrics::Service;
@@ -177,4 +180,52 @@ pub fn request_of(service: &str, metrics: Vec<Value>) -> Value {
 /// A simple valid metric of a type.
 pub fn metric(metric_type: &str) -> Value {
     json!({"type": metric_type, "value": 1.0, "duration_ms": 12.5, "dimensions": {"k": "v"}})
+}
+
+/// The `mcp-metrics` binary, run in `dir`, with no database path from the environment.
+pub fn mcp_metrics(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mcp-metrics"));
+    command
+        .current_dir(dir)
+        .env_remove("SQLITE_DB_PATH")
+        .env("RUST_LOG", "info");
+    command
+}
+
+/// Spawns the service and waits for the http receiver's address in its log; the log's lines
+/// keep arriving on the returned channel.
+pub fn spawn_service(command: &mut Command) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let (lines, log) = mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    while let Ok(line) = log.recv_timeout(Duration::from_secs(20)) {
+        if line.contains("receiver=http")
+            && let Some(at) = line.find("address=")
+        {
+            let address = line[at + "address=".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+            return (child, address, log);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the service did not log its address");
+}
+
+/// Sends SIGTERM and returns the exit code.
+pub fn terminate(child: &mut Child) -> i32 {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap().code().expect("exited, not killed")
 }

@@ -1,0 +1,431 @@
+//! Issue 3: rate limits, batching, enrichment, backpressure, retries, shutdown and retention,
+//! over a real server and real SQLite files.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sqlx::{Connection, Row};
+
+fn with_processors(processors: &str, list: &str) -> String {
+    format!(
+        "
+receivers:
+  http: {{host: 127.0.0.1, port: 0}}
+processors:
+  auth: {{database: '{{dir}}/metrics.db', refresh_interval: 200ms}}
+{processors}
+exporters:
+  sqlite: {{path: '{{dir}}/metrics.db', retention_days: 0}}
+service:
+  pipelines:
+    metrics: {{receivers: [http], processors: [auth, {list}], exporters: [sqlite]}}
+"
+    )
+}
+
+fn header(reply: &Reply, name: &str) -> i64 {
+    reply.headers[name].to_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn each_key_has_its_own_smooth_limit_with_headers_on_every_answer() {
+    let svc = TestService::with_config(&with_processors(
+        "  rate_limit: {default_limit: 3}",
+        "rate_limit",
+    ))
+    .await;
+    let store = svc.store().await;
+    let (limited, key) = store.create_key("auth-server", Some(5)).await.unwrap();
+    for remaining in (0..5).rev() {
+        let reply = svc.post(Some(&key), &example_request()).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(header(&reply, "x-ratelimit-limit"), 5);
+        assert_eq!(header(&reply, "x-ratelimit-remaining"), remaining);
+        assert!(header(&reply, "x-ratelimit-reset") > 0);
+    }
+    let over = svc.post(Some(&key), &example_request()).await;
+    assert_eq!(over.status, 429);
+    assert_eq!(over.error(), "rate_limit_exceeded");
+    let retry_after = header(&over, "retry-after");
+    assert!(
+        (1..=12).contains(&retry_after),
+        "one request refills in 12 s: {retry_after}"
+    );
+    assert_eq!(header(&over, "x-ratelimit-remaining"), 0);
+
+    // Another key is not affected; a key without its own limit gets the default.
+    let other = svc.key("registry").await;
+    for _ in 0..3 {
+        assert_eq!(svc.post(Some(&other), &example_request()).await.status, 200);
+    }
+    let reply = svc.post(Some(&other), &example_request()).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(header(&reply, "x-ratelimit-limit"), 3);
+
+    // A new limit in the table applies within seconds.
+    sqlx::query("UPDATE api_keys SET rate_limit = 50 WHERE id = ?")
+        .bind(limited.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let reply = svc.post(Some(&key), &example_request()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(header(&reply, "x-ratelimit-limit"), 50);
+}
+
+#[tokio::test]
+async fn a_batch_is_handed_on_when_full() {
+    let svc = TestService::with_config(&with_processors(
+        "  batch: {send_batch_size: 10, timeout: 1h}",
+        "batch",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+    let reply = svc
+        .post(Some(&key), &request_of("svc", vec![metric("custom"); 9]))
+        .await;
+    assert_eq!(reply.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        svc.store().await.row_counts().await.unwrap()["metrics"],
+        0,
+        "9 < send_batch_size"
+    );
+    svc.post(Some(&key), &request_of("svc", vec![metric("custom")]))
+        .await;
+    assert_eq!(svc.rows_eventually("metrics", 10).await, 10);
+}
+
+#[tokio::test]
+async fn a_batch_is_handed_on_after_its_timeout_and_at_shutdown() {
+    let mut svc = TestService::with_config(&with_processors(
+        "  batch: {send_batch_size: 1000, timeout: 300ms}\n  batch/slow: {send_batch_size: 1000, timeout: 1h}",
+        "batch",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+    svc.post(Some(&key), &request_of("svc", vec![metric("custom"); 3]))
+        .await;
+    assert_eq!(svc.rows_eventually("metrics", 3).await, 3);
+    svc.shutdown().await;
+
+    // Held for an hour, but shutdown hands it on.
+    let mut svc = TestService::with_config(&with_processors(
+        "  batch: {send_batch_size: 1000, timeout: 1h}",
+        "batch",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+    svc.post(
+        Some(&key),
+        &request_of("svc", vec![metric("tool_execution"); 7]),
+    )
+    .await;
+    svc.shutdown().await;
+    let counts = svc.store().await.row_counts().await.unwrap();
+    assert_eq!((counts["metrics"], counts["tool_metrics"]), (7, 7));
+}
+
+#[tokio::test]
+async fn durable_acknowledgements_cover_metrics_waiting_in_a_batch() {
+    let svc = TestService::with_config(
+        &with_processors("  batch: {send_batch_size: 1000, timeout: 200ms}", "batch").replace(
+            "http: {host: 127.0.0.1, port: 0}",
+            "http: {host: 127.0.0.1, port: 0, acknowledgements: true}",
+        ),
+    )
+    .await;
+    let key = svc.key("svc").await;
+    let reply = svc
+        .post(
+            Some(&key),
+            &request_of("svc", vec![metric("auth_request"); 4]),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // The 200 came after the commit: no waiting needed.
+    let counts = svc.store().await.row_counts().await.unwrap();
+    assert_eq!((counts["metrics"], counts["auth_metrics"]), (4, 4));
+}
+
+#[tokio::test]
+async fn enrich_adds_attributes_and_the_authenticated_service() {
+    let mut svc = TestService::with_config(&with_processors(
+        "  enrich: {dimensions: {region: eu-west-1, canary: true}, metadata: {collector: test}}",
+        "enrich",
+    ))
+    .await;
+    let key = svc.key("auth-server").await;
+    let reply = svc
+        .post(Some(&key), &request_of("registry", vec![metric("custom")]))
+        .await;
+    assert_eq!(reply.status, 200);
+    svc.shutdown().await;
+    let row = sqlx::query("SELECT service, dimensions, metadata FROM metrics")
+        .fetch_one(svc.store().await.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<String, _>("service"),
+        "registry",
+        "record mode keeps the client's claim"
+    );
+    let dimensions: serde_json::Value =
+        serde_json::from_str(&row.get::<String, _>("dimensions")).unwrap();
+    assert_eq!(
+        dimensions,
+        json!({"k": "v", "region": "eu-west-1", "canary": true})
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_str(&row.get::<String, _>("metadata")).unwrap();
+    assert_eq!(metadata["authenticated_service"], "auth-server");
+    assert_eq!(metadata["collector"], "test");
+    assert!(metadata["received_at"].as_str().is_some());
+
+    let mut svc = TestService::with_config(&with_processors(
+        "  enrich: {service_identity: overwrite, received_at_key: null}",
+        "enrich",
+    ))
+    .await;
+    let key = svc.key("auth-server").await;
+    svc.post(Some(&key), &request_of("registry", vec![metric("custom")]))
+        .await;
+    svc.shutdown().await;
+    let row = sqlx::query("SELECT service, metadata FROM metrics")
+        .fetch_one(svc.store().await.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<String, _>("service"),
+        "auth-server",
+        "overwrite stores the key's service"
+    );
+    assert_eq!(row.get::<String, _>("metadata"), "{}");
+}
+
+/// A stalled database: the queue fills, the service answers 503 instead of holding more, the
+/// export fails (SQLITE_BUSY after the 5 s busy timeout) and is retried, and once the database is
+/// free every acknowledged metric lands.
+#[tokio::test]
+async fn a_stalled_exporter_pushes_back_and_loses_nothing_when_it_recovers() {
+    let svc = TestService::with_config(&DEFAULT_PIPELINE.replace(
+        "  sqlite: {path: '{dir}/metrics.db', retention_days: 0}",
+        "  sqlite:
+    path: '{dir}/metrics.db'
+    retention_days: 0
+    sending_queue: {queue_size: 40, batch_max_size: 10}
+    retry_on_failure: {initial_interval: 200ms, max_interval: 1s}",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+
+    // Another writer holds the database.
+    let mut blocker =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", svc.db_path().display()))
+            .await
+            .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let mut acknowledged = 0;
+    let mut refused = None;
+    for _ in 0..20 {
+        let reply = svc
+            .post(
+                Some(&key),
+                &request_of("svc", vec![metric("tool_execution"); 5]),
+            )
+            .await;
+        match reply.status {
+            200 => acknowledged += reply.body["accepted"].as_i64().unwrap(),
+            503 => {
+                refused = Some(reply);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+    }
+    let refused = refused.expect("a full queue refuses");
+    assert_eq!(refused.error(), "service_unavailable");
+    assert!(header(&refused, "retry-after") >= 1);
+    assert!(
+        (40..=50).contains(&acknowledged),
+        "the queue holds 40 metrics: {acknowledged}"
+    );
+
+    // Past the busy timeout the export fails and is retried; then the database is free again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    drop(blocker);
+    assert_eq!(
+        svc.rows_eventually("metrics", acknowledged).await,
+        acknowledged
+    );
+    assert_eq!(
+        svc.rows_eventually("tool_metrics", acknowledged).await,
+        acknowledged
+    );
+    // And it takes metrics again.
+    let reply = svc
+        .post(Some(&key), &request_of("svc", vec![metric("custom")]))
+        .await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
+async fn retention_removes_old_rows_only_from_every_table() {
+    let svc = TestService::with_config(&DEFAULT_PIPELINE.replace(
+        "  sqlite: {path: '{dir}/metrics.db', retention_days: 0}",
+        "  sqlite: {path: '{dir}/metrics.db', retention_days: 7, retention_interval: 200ms}",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+    let old = (chrono::Utc::now() - chrono::Duration::days(8)).to_rfc3339();
+    let recent = (chrono::Utc::now() - chrono::Duration::days(6)).to_rfc3339();
+    let mut metrics = Vec::new();
+    for kind in ["auth_request", "tool_discovery", "tool_execution", "custom"] {
+        metrics.push(json!({"type": kind, "value": 1, "timestamp": old}));
+        metrics.push(json!({"type": kind, "value": 2, "timestamp": recent}));
+    }
+    assert_eq!(
+        svc.post(Some(&key), &request_of("svc", metrics))
+            .await
+            .status,
+        200
+    );
+    let store = svc.store().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts = store.row_counts().await.unwrap();
+        let expected = [
+            ("metrics", 4),
+            ("auth_metrics", 1),
+            ("discovery_metrics", 1),
+            ("tool_metrics", 1),
+        ];
+        if expected.iter().all(|(table, n)| counts[table] == *n) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old rows not removed: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let values: Vec<f64> = sqlx::query_scalar("SELECT value FROM metrics")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        values.iter().all(|v| *v == 2.0),
+        "only recent rows remain: {values:?}"
+    );
+}
+
+/// SIGTERM while many clients send: the service stops taking requests, drains the batch and the
+/// queue, exits 0, and every acknowledged metric is in every table it belongs in.
+#[tokio::test]
+async fn sigterm_under_load_keeps_every_acknowledged_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipelines.yaml");
+    std::fs::write(
+        &config,
+        "
+receivers:
+  http: {host: 127.0.0.1, port: 0}
+processors:
+  auth: {database: ./metrics.db}
+  validate: {}
+  batch: {send_batch_size: 500, timeout: 1h}
+exporters:
+  sqlite: {path: ./metrics.db, retention_days: 0}
+service:
+  shutdown_timeout: 20s
+  pipelines:
+    metrics: {receivers: [http], processors: [auth, validate, batch], exporters: [sqlite]}
+",
+    )
+    .unwrap();
+    let key = mcp_metrics_store::Store::open(dir.path().join("metrics.db"))
+        .await
+        .unwrap()
+        .create_key("svc", Some(1_000_000))
+        .await
+        .unwrap()
+        .1;
+    let (mut child, address, _log) = spawn_service(
+        mcp_metrics(dir.path())
+            .args(["run", "--config"])
+            .arg(&config),
+    );
+
+    let acknowledged = Arc::new([AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)]);
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (address, key, acknowledged) = (address.clone(), key.clone(), acknowledged.clone());
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let body = request_of(
+                "svc",
+                vec![
+                    metric("auth_request"),
+                    metric("tool_execution"),
+                    metric("tool_execution"),
+                    metric("custom"),
+                ],
+            );
+            for _ in 0..5_000 {
+                let sent = client
+                    .post(format!("http://{address}/metrics"))
+                    .header("X-API-Key", &key)
+                    .json(&body)
+                    .send()
+                    .await;
+                let Ok(response) = sent else { break };
+                if response.status() == 200 {
+                    let reply: serde_json::Value = response.json().await.unwrap();
+                    assert_eq!(reply["accepted"], 4);
+                    acknowledged[0].fetch_add(4, Ordering::Relaxed);
+                    acknowledged[1].fetch_add(1, Ordering::Relaxed);
+                    acknowledged[2].fetch_add(2, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let in_flight = acknowledged[0].load(Ordering::Relaxed);
+    assert!(in_flight > 0, "clients were sending");
+    let code = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(code, 0);
+    assert!(
+        acknowledged[0].load(Ordering::Relaxed) > in_flight,
+        "load went on up to the signal"
+    );
+
+    let store = mcp_metrics_store::Store::open(dir.path().join("metrics.db"))
+        .await
+        .unwrap();
+    let counts = store.row_counts().await.unwrap();
+    assert_eq!(counts["metrics"], acknowledged[0].load(Ordering::Relaxed));
+    assert_eq!(
+        counts["auth_metrics"],
+        acknowledged[1].load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        counts["tool_metrics"],
+        acknowledged[2].load(Ordering::Relaxed)
+    );
+}
