@@ -429,3 +429,50 @@ service:
         acknowledged[2].load(Ordering::Relaxed)
     );
 }
+
+#[tokio::test]
+async fn a_stalled_exporter_does_not_hold_up_the_others() {
+    let svc = TestService::with_config(
+        "
+receivers:
+  http: {host: 127.0.0.1, port: 0}
+processors:
+  auth: {database: '{dir}/metrics.db'}
+exporters:
+  sqlite: {path: '{dir}/metrics.db', retention_days: 0}
+  sqlite/slow: {path: '{dir}/slow.db', retention_days: 0}
+service:
+  pipelines:
+    metrics: {receivers: [http], processors: [auth], exporters: [sqlite, sqlite/slow]}
+",
+    )
+    .await;
+    let key = svc.key("svc").await;
+    let slow = svc.dir.path().join("slow.db");
+    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", slow.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let reply = svc
+            .post(Some(&key), &request_of("svc", vec![metric("custom"); 2]))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    // The healthy exporter has everything while the other is still stuck.
+    assert_eq!(svc.rows_eventually("metrics", 10).await, 10);
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    drop(blocker);
+    let slow = mcp_metrics_store::Store::open(&slow).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while slow.row_counts().await.unwrap()["metrics"] < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow exporter catches up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
