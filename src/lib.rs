@@ -3,6 +3,7 @@
 //! The built-in plugins live in their own crates; linking them here is what registers them.
 
 pub mod config;
+pub mod control;
 pub mod fanout;
 pub mod pipeline;
 pub mod queue;

@@ -22,7 +22,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (the default when no command is given).
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the effective configuration (environment substituted, defaults filled in,
+        /// secrets masked) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
     /// Check a config and print every error in it; exit 1 if there is any.
     Validate(ConfigArg),
     /// List every component type with its config keys and defaults.
@@ -59,6 +66,9 @@ enum KeysCommand {
         /// (the rate_limit processor's `default_limit`, METRICS_RATE_LIMIT in the default config).
         #[arg(long)]
         rate_limit: Option<u32>,
+        /// May use the /admin endpoints.
+        #[arg(long)]
+        admin: bool,
     },
     /// List the keys (never the keys themselves: only their digests are stored).
     List,
@@ -83,8 +93,20 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Run(ConfigArg::default())) {
-            Command::Run(arg) => run(arg).await,
+        let default = Command::Run {
+            config: ConfigArg::default(),
+            print_config: false,
+        };
+        match cli.command.unwrap_or(default) {
+            Command::Run {
+                config,
+                print_config: true,
+            } => {
+                let (text, source) = config_text(&config)?;
+                print!("{}", config::effective(&text, &source, &environment)?);
+                Ok(())
+            }
+            Command::Run { config, .. } => run(config).await,
             Command::Validate(arg) => validate(arg),
             Command::Components => {
                 print!("{}", config::describe_components());
@@ -102,19 +124,33 @@ fn main() -> ExitCode {
     }
 }
 
-/// The config named, else `./pipelines.yaml`, else the one built in.
-fn load(arg: &ConfigArg) -> Result<ServiceConfig, ConfigErrors> {
+fn environment(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The text of the config named, else of `./pipelines.yaml`, else of the one built in; and
+/// its name for messages.
+fn config_text(arg: &ConfigArg) -> Result<(String, String), ConfigErrors> {
     let default = Path::new("pipelines.yaml");
-    match &arg.config {
-        Some(path) => config::load_file(path),
-        None if default.exists() => config::load_file(default),
+    let path = match &arg.config {
+        Some(path) => path.as_path(),
+        None if default.exists() => default,
         None => {
             tracing::info!("no ./pipelines.yaml; using the built-in default");
-            config::parse(EMBEDDED_DEFAULT, "built-in pipelines.yaml", &|name| {
-                std::env::var(name).ok()
-            })
+            let text = EMBEDDED_DEFAULT.to_owned();
+            return Ok((text, "built-in pipelines.yaml".to_owned()));
         }
+    };
+    let source = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, source)),
+        Err(error) => Err(ConfigErrors::unreadable(source, &error)),
     }
+}
+
+fn load(arg: &ConfigArg) -> Result<ServiceConfig, ConfigErrors> {
+    let (text, source) = config_text(arg)?;
+    config::parse(&text, &source, &environment)
 }
 
 async fn run(arg: ConfigArg) -> anyhow::Result<()> {
@@ -138,10 +174,12 @@ async fn keys(command: KeysCommand, database: &Path) -> anyhow::Result<()> {
         KeysCommand::Create {
             service,
             rate_limit,
+            admin,
         } => {
-            let (record, key) = store.create_key(&service, rate_limit).await?;
+            let (record, key) = store.create_key(&service, rate_limit, admin).await?;
             println!(
-                "Created key {} for service {} ({} requests/minute). It is shown only now:",
+                "Created {}key {} for service {} ({} requests/minute). It is shown only now:",
+                if admin { "admin " } else { "" },
                 record.id,
                 record.service_name,
                 limit_text(record.rate_limit)
@@ -150,16 +188,19 @@ async fn keys(command: KeysCommand, database: &Path) -> anyhow::Result<()> {
         }
         KeysCommand::List => {
             println!(
-                "{:>4}  {:<24} {:<8} {:>10}  {:<27}  LAST USED",
-                "ID", "SERVICE", "ACTIVE", "RATE/MIN", "CREATED"
+                "{:>4}  {:<24} {:<8} {:<6} {:>10}  {:<4} {:<27}  LAST USED",
+                "ID", "SERVICE", "ACTIVE", "ADMIN", "RATE/MIN", "FROM", "CREATED"
             );
+            let yes_no = |b: bool| if b { "yes" } else { "no" };
             for key in store.list_keys().await? {
                 println!(
-                    "{:>4}  {:<24} {:<8} {:>10}  {:<27}  {}",
+                    "{:>4}  {:<24} {:<8} {:<6} {:>10}  {:<4} {:<27}  {}",
                     key.id,
                     key.service_name,
-                    if key.is_active { "yes" } else { "no" },
+                    yes_no(key.is_active),
+                    yes_no(key.is_admin),
                     limit_text(key.rate_limit),
+                    key.source.as_deref().unwrap_or("cli"),
                     key.created_at,
                     key.last_used_at.as_deref().unwrap_or("never"),
                 );

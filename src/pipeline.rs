@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
-use mcp_metrics_plugin::{BuildContext, CancellationToken, Consumer, Processor, Receiver};
+use mcp_metrics_plugin::{
+    BuildContext, CancellationToken, Consumer, Processor, Receiver, ServiceControl,
+};
 
 use crate::config::ServiceConfig;
 use crate::fanout::Fanout;
@@ -26,10 +28,12 @@ pub struct Graph {
 pub async fn build(
     config: &ServiceConfig,
     components: &CancellationToken,
+    control: Arc<dyn ServiceControl>,
 ) -> anyhow::Result<Graph> {
     let cx = |id: &str| BuildContext {
         id: id.to_owned(),
         shutdown: components.clone(),
+        control: control.clone(),
     };
     let mut exporters = BTreeMap::new();
     for (id, settings) in &config.exporters {

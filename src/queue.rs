@@ -154,6 +154,13 @@ impl ExporterQueue {
         self.capacity - self.room.available_permits()
     }
 
+    /// Returns once nothing is queued or being exported.
+    pub async fn idle(&self) {
+        while self.queued() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops taking batches, exports everything queued, then shuts the exporter down.
     pub async fn drain(&self) {
         self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -11,6 +11,7 @@ use mcp_metrics_plugin::{CancellationToken, Processor};
 use tokio::task::JoinSet;
 
 use crate::config::ServiceConfig;
+use crate::control::Control;
 use crate::pipeline;
 use crate::queue::ExporterQueue;
 
@@ -33,13 +34,19 @@ impl Service {
             tracing::warn!("{warning}");
         }
         let stop_components = CancellationToken::new();
-        let graph = match pipeline::build(&config, &stop_components).await {
+        let control = Arc::new(Control::default());
+        let graph = match pipeline::build(&config, &stop_components, control.clone()).await {
             Ok(graph) => graph,
             Err(error) => {
                 stop_components.cancel();
                 return Err(error);
             }
         };
+        let processors = graph
+            .processors
+            .iter()
+            .flat_map(|(_, chain)| chain.iter().cloned());
+        control.set(processors.collect(), graph.exporters.clone());
         let stop_receiving = CancellationToken::new();
         let mut receivers = JoinSet::new();
         let mut receiver_addrs = Vec::new();

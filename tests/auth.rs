@@ -52,7 +52,7 @@ async fn a_key_made_while_running_works_at_once_even_after_being_refused() {
 async fn a_deactivated_key_is_refused_within_the_refresh_interval() {
     let svc = TestService::start().await;
     let store = svc.store().await;
-    let (record, key) = store.create_key("auth-server", None).await.unwrap();
+    let (record, key) = store.create_key("auth-server", None, false).await.unwrap();
     assert_eq!(svc.post(Some(&key), &example_request()).await.status, 200);
     assert!(store.revoke_key(record.id).await.unwrap());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -65,7 +65,7 @@ async fn a_deactivated_key_is_refused_within_the_refresh_interval() {
 async fn last_used_at_is_recorded_without_a_write_per_request() {
     let mut svc = TestService::start().await;
     let store = svc.store().await;
-    let (record, key) = store.create_key("auth-server", None).await.unwrap();
+    let (record, key) = store.create_key("auth-server", None, false).await.unwrap();
     for _ in 0..5 {
         assert_eq!(svc.post(Some(&key), &example_request()).await.status, 200);
     }

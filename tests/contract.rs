@@ -249,8 +249,8 @@ async fn timestamps_naive_zoned_and_missing_are_stored_as_utc() {
 
 #[tokio::test]
 async fn request_level_limits_refuse_the_request_with_the_contract_error() {
-    let svc = TestService::with_config(&DEFAULT_PIPELINE.replace(
-        "http: {host: 127.0.0.1, port: 0}",
+    let svc = TestService::with_config(&default_pipeline_with(
+        "http: {host: 127.0.0.1, port: 0, database: '{dir}/metrics.db'}",
         "http: {host: 127.0.0.1, port: 0, max_request_size: 4KiB, max_metrics_per_request: 100}",
     ))
     .await;

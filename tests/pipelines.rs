@@ -55,8 +55,8 @@ service:
 
 #[tokio::test]
 async fn with_acknowledgements_a_200_means_committed() {
-    let svc = TestService::with_config(&DEFAULT_PIPELINE.replace(
-        "http: {host: 127.0.0.1, port: 0}",
+    let svc = TestService::with_config(&default_pipeline_with(
+        "http: {host: 127.0.0.1, port: 0, database: '{dir}/metrics.db'}",
         "http: {host: 127.0.0.1, port: 0, acknowledgements: true}",
     ))
     .await;

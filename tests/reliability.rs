@@ -40,7 +40,10 @@ async fn each_key_has_its_own_smooth_limit_with_headers_on_every_answer() {
     ))
     .await;
     let store = svc.store().await;
-    let (limited, key) = store.create_key("auth-server", Some(5)).await.unwrap();
+    let (limited, key) = store
+        .create_key("auth-server", Some(5), false)
+        .await
+        .unwrap();
     for remaining in (0..5).rev() {
         let reply = svc.post(Some(&key), &example_request()).await;
         assert_eq!(reply.status, 200);
@@ -134,12 +137,11 @@ async fn a_batch_is_handed_on_after_its_timeout_and_at_shutdown() {
 
 #[tokio::test]
 async fn durable_acknowledgements_cover_metrics_waiting_in_a_batch() {
-    let svc = TestService::with_config(
-        &with_processors("  batch: {send_batch_size: 1000, timeout: 200ms}", "batch").replace(
-            "http: {host: 127.0.0.1, port: 0}",
-            "http: {host: 127.0.0.1, port: 0, acknowledgements: true}",
-        ),
-    )
+    let svc = TestService::with_config(&edited(
+        &with_processors("  batch: {send_batch_size: 1000, timeout: 200ms}", "batch"),
+        "http: {host: 127.0.0.1, port: 0}",
+        "http: {host: 127.0.0.1, port: 0, acknowledgements: true}",
+    ))
     .await;
     let key = svc.key("svc").await;
     let reply = svc
@@ -214,7 +216,7 @@ async fn enrich_adds_attributes_and_the_authenticated_service() {
 /// free every acknowledged metric lands.
 #[tokio::test]
 async fn a_stalled_exporter_pushes_back_and_loses_nothing_when_it_recovers() {
-    let svc = TestService::with_config(&DEFAULT_PIPELINE.replace(
+    let svc = TestService::with_config(&default_pipeline_with(
         "  sqlite: {path: '{dir}/metrics.db', retention_days: 0}",
         "  sqlite:
     path: '{dir}/metrics.db'
@@ -282,7 +284,7 @@ async fn a_stalled_exporter_pushes_back_and_loses_nothing_when_it_recovers() {
 
 #[tokio::test]
 async fn retention_removes_old_rows_only_from_every_table() {
-    let svc = TestService::with_config(&DEFAULT_PIPELINE.replace(
+    let svc = TestService::with_config(&default_pipeline_with(
         "  sqlite: {path: '{dir}/metrics.db', retention_days: 0}",
         "  sqlite: {path: '{dir}/metrics.db', retention_days: 7, retention_interval: 200ms}",
     ))
@@ -357,7 +359,7 @@ service:
     let key = mcp_metrics_store::Store::open(dir.path().join("metrics.db"))
         .await
         .unwrap()
-        .create_key("svc", Some(1_000_000))
+        .create_key("svc", Some(1_000_000), false)
         .await
         .unwrap()
         .1;

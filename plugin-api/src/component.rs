@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::Batch;
+use crate::model::{Batch, RequestContext};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -25,6 +25,36 @@ pub trait Processor: Consumer {
     /// Hands on whatever it still holds; the engine calls it in pipeline order on shutdown, after
     /// the receivers have stopped.
     async fn shutdown(&self) {}
+
+    /// Hands on whatever it holds now, and returns once the next step has it (`POST /flush`).
+    async fn flush(&self) {}
+
+    /// A rate limiter's view of the caller of `context`, without using up a request.
+    fn rate_limit(&self, _context: &RequestContext) -> Option<RateLimitState> {
+        None
+    }
+}
+
+/// A caller's standing with a rate limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitState {
+    /// Requests per minute.
+    pub limit: u32,
+    /// Requests it may send right now.
+    pub remaining: u32,
+    /// Seconds until it may send `limit` at once again.
+    pub reset_seconds: u64,
+}
+
+/// What the running service offers its components, e.g. for operator endpoints.
+#[async_trait]
+pub trait ServiceControl: Send + Sync {
+    /// Hands on everything the processors hold, then waits until every exporter has exported
+    /// what was queued; false if that took longer than `timeout`.
+    async fn flush(&self, timeout: std::time::Duration) -> bool;
+
+    /// The caller's standing with the first rate limiter that knows it.
+    fn rate_limit(&self, context: &RequestContext) -> Option<RateLimitState>;
 }
 
 /// The end of a pipeline. The engine gives every exporter a queue, batching and retries, so an

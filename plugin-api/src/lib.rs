@@ -16,7 +16,8 @@ mod registry;
 
 pub use ack::{Ack, AckReceiver, Delivery};
 pub use component::{
-    BoxError, Consumer, ExportError, Exporter, Outcome, Processor, Receiver, Refusal, Rejection,
+    BoxError, Consumer, ExportError, Exporter, Outcome, Processor, RateLimitState, Receiver,
+    Refusal, Rejection, ServiceControl,
 };
 pub use model::{Batch, KeyInfo, Metric, MetricType, Request, RequestContext, parse_timestamp};
 pub use registry::{

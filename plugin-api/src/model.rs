@@ -78,6 +78,8 @@ pub struct KeyInfo {
     pub service_name: String,
     /// Requests per minute this key may send; none means the service's default.
     pub rate_limit: Option<u32>,
+    /// May use the `/admin` endpoints.
+    pub is_admin: bool,
 }
 
 /// What is known about the request that brought a group of metrics.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::component::{BoxError, Consumer, Exporter, Processor, Receiver};
+use crate::component::{BoxError, Consumer, Exporter, Processor, Receiver, ServiceControl};
 
 /// A component's typed config: the front door of the component. Implementors derive
 /// `Deserialize` with `#[serde(deny_unknown_fields, default)]` so a typo is an error.
@@ -21,12 +21,14 @@ pub trait ComponentConfig: DeserializeOwned + Serialize + Default + Send + Sync 
 }
 
 /// What a component is told when it is built.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BuildContext {
     /// Its id in the config, `type` or `type/name`.
     pub id: String,
     /// Cancelled when the service shuts down; background tasks of the component stop on it.
     pub shutdown: CancellationToken,
+    /// The running service, for components that serve operators.
+    pub control: Arc<dyn ServiceControl>,
 }
 
 #[async_trait]
@@ -62,6 +64,7 @@ pub struct Registration<C: ?Sized + 'static> {
     pub description: &'static str,
     decode: fn(serde_yaml::Value) -> Result<Box<C>, Vec<ConfigIssue>>,
     defaults: fn() -> serde_yaml::Value,
+    effective: fn(serde_yaml::Value) -> Result<serde_yaml::Value, Vec<ConfigIssue>>,
 }
 
 pub type ReceiverRegistration = Registration<dyn ReceiverConfig>;
@@ -81,6 +84,14 @@ impl<C: ?Sized + 'static> Registration<C> {
     /// The config with every key at its default, for `mcp-metrics components`.
     pub fn defaults(&self) -> serde_yaml::Value {
         (self.defaults)()
+    }
+
+    /// The config as the component sees it: every key, defaults filled in.
+    pub fn effective(
+        &self,
+        value: serde_yaml::Value,
+    ) -> Result<serde_yaml::Value, Vec<ConfigIssue>> {
+        (self.effective)(value)
     }
 
     /// Every registered component of this kind, sorted by type name.
@@ -115,6 +126,7 @@ macro_rules! registration_constructor {
                     description,
                     decode: $decode::<T>,
                     defaults: defaults::<T>,
+                    effective: effective::<T>,
                 }
             }
         }
@@ -133,6 +145,13 @@ registration_constructor!(ExporterConfig, decode_exporter);
 
 fn defaults<T: ComponentConfig>() -> serde_yaml::Value {
     serde_yaml::to_value(T::default()).unwrap_or(serde_yaml::Value::Null)
+}
+
+fn effective<T: ComponentConfig>(
+    value: serde_yaml::Value,
+) -> Result<serde_yaml::Value, Vec<ConfigIssue>> {
+    let config = decode::<T>(value)?;
+    Ok(serde_yaml::to_value(config).unwrap_or(serde_yaml::Value::Null))
 }
 
 fn decode<T: ComponentConfig>(value: serde_yaml::Value) -> Result<T, Vec<ConfigIssue>> {

@@ -20,6 +20,18 @@ pub struct KeyRecord {
     pub is_active: bool,
     /// Requests per minute; none means the service's default.
     pub rate_limit: Option<u32>,
+    pub is_admin: bool,
+    /// `env` for keys registered from `METRICS_API_KEY_*` variables.
+    pub source: Option<String>,
+}
+
+/// What registering a key from the environment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvKeyChange {
+    /// The key was there already (and is active).
+    Unchanged,
+    /// A new key; any earlier key from the environment for the service is deactivated.
+    Registered,
 }
 
 /// A new key: `mcp_metrics_` and 32 random bytes in URL-safe base64 (43 characters).
@@ -41,17 +53,19 @@ impl Store {
         &self,
         service_name: &str,
         rate_limit: Option<u32>,
+        is_admin: bool,
     ) -> anyhow::Result<(KeyRecord, String)> {
         let key = generate_key();
         let created_at = timestamp_text(&Utc::now());
         let id = sqlx::query(
-            "INSERT INTO api_keys (key_hash, service_name, created_at, is_active, rate_limit) \
-             VALUES (?, ?, ?, 1, ?)",
+            "INSERT INTO api_keys (key_hash, service_name, created_at, is_active, rate_limit, is_admin) \
+             VALUES (?, ?, ?, 1, ?, ?)",
         )
         .bind(hash_key(&key))
         .bind(service_name)
         .bind(&created_at)
         .bind(rate_limit.map(i64::from))
+        .bind(is_admin)
         .execute(self.pool())
         .await?
         .last_insert_rowid();
@@ -62,14 +76,56 @@ impl Store {
             last_used_at: None,
             is_active: true,
             rate_limit,
+            is_admin,
+            source: None,
         };
         Ok((record, key))
     }
 
+    /// Registers a key given by the deployment's environment for `service_name`: idempotent
+    /// across restarts; a changed key replaces the service's earlier environment key, while keys
+    /// made otherwise are left alone.
+    pub async fn register_env_key(
+        &self,
+        service_name: &str,
+        key: &str,
+    ) -> anyhow::Result<EnvKeyChange> {
+        let digest = hash_key(key);
+        let mut tx = self.pool().begin().await?;
+        let known = sqlx::query(
+            "UPDATE api_keys SET is_active = 1 WHERE key_hash = ? AND service_name = ?",
+        )
+        .bind(&digest)
+        .bind(service_name)
+        .execute(&mut *tx)
+        .await?;
+        if known.rows_affected() > 0 {
+            tx.commit().await?;
+            return Ok(EnvKeyChange::Unchanged);
+        }
+        sqlx::query("UPDATE api_keys SET is_active = 0 WHERE source = 'env' AND service_name = ?")
+            .bind(service_name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO api_keys (key_hash, service_name, created_at, is_active, source) \
+             VALUES (?, ?, ?, 1, 'env') \
+             ON CONFLICT (key_hash) DO UPDATE SET service_name = excluded.service_name, \
+             is_active = 1, source = 'env'",
+        )
+        .bind(&digest)
+        .bind(service_name)
+        .bind(timestamp_text(&Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(EnvKeyChange::Registered)
+    }
+
     pub async fn list_keys(&self) -> anyhow::Result<Vec<KeyRecord>> {
         let rows = sqlx::query(
-            "SELECT id, service_name, created_at, last_used_at, is_active, rate_limit \
-             FROM api_keys ORDER BY id",
+            "SELECT id, service_name, created_at, last_used_at, is_active, rate_limit, is_admin, \
+             source FROM api_keys ORDER BY id",
         )
         .fetch_all(self.pool())
         .await?;
@@ -82,6 +138,8 @@ impl Store {
                     last_used_at: row.try_get("last_used_at")?,
                     is_active: row.try_get::<Option<bool>, _>("is_active")?.unwrap_or(true),
                     rate_limit: rate_limit(row.try_get("rate_limit")?),
+                    is_admin: row.try_get::<Option<bool>, _>("is_admin")?.unwrap_or(false),
+                    source: row.try_get("source")?,
                 })
             })
             .collect()
@@ -99,7 +157,7 @@ impl Store {
     /// Every active key, by digest.
     pub async fn active_keys(&self) -> anyhow::Result<Vec<(String, KeyInfo)>> {
         let rows = sqlx::query(
-            "SELECT id, key_hash, service_name, rate_limit FROM api_keys \
+            "SELECT id, key_hash, service_name, rate_limit, is_admin FROM api_keys \
              WHERE is_active = 1 OR is_active IS NULL",
         )
         .fetch_all(self.pool())
@@ -112,7 +170,7 @@ impl Store {
     /// The active key with this digest, if any.
     pub async fn find_active_key(&self, key_hash: &str) -> anyhow::Result<Option<KeyInfo>> {
         let row = sqlx::query(
-            "SELECT id, service_name, rate_limit FROM api_keys \
+            "SELECT id, service_name, rate_limit, is_admin FROM api_keys \
              WHERE key_hash = ? AND (is_active = 1 OR is_active IS NULL)",
         )
         .bind(key_hash)
@@ -142,6 +200,7 @@ fn key_info(row: &sqlx::sqlite::SqliteRow) -> Result<KeyInfo, sqlx::Error> {
         id: row.try_get("id")?,
         service_name: row.try_get("service_name")?,
         rate_limit: rate_limit(row.try_get("rate_limit")?),
+        is_admin: row.try_get::<Option<bool>, _>("is_admin")?.unwrap_or(false),
     })
 }
 

@@ -6,6 +6,7 @@ mod key_cache;
 mod keys;
 mod retention;
 mod rows;
+mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,9 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use key_cache::KeyCache;
-pub use keys::{KeyRecord, generate_key, hash_key};
+pub use keys::{EnvKeyChange, KeyRecord, generate_key, hash_key};
+pub use retention::{RetentionPolicy, RetentionRun, metric_table};
+pub use stats::{DatabaseSize, TableStats};
 
 /// The schema migrations, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

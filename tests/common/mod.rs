@@ -26,7 +26,7 @@ pub struct TestService {
 /// wait for a timeout; no retention, so the contract's 2024 example rows stay.
 pub const DEFAULT_PIPELINE: &str = "
 receivers:
-  http: {host: 127.0.0.1, port: 0}
+  http: {host: 127.0.0.1, port: 0, database: '{dir}/metrics.db'}
 processors:
   auth: {database: '{dir}/metrics.db', refresh_interval: 200ms}
   validate: {}
@@ -36,6 +36,18 @@ service:
   pipelines:
     metrics: {receivers: [http], processors: [auth, validate], exporters: [sqlite]}
 ";
+
+/// The default pipeline with one part changed; fails if that part is not in it, so a test never
+/// runs on a config other than the one it means.
+pub fn default_pipeline_with(part: &str, replacement: &str) -> String {
+    edited(DEFAULT_PIPELINE, part, replacement)
+}
+
+/// `config` with `part` replaced; fails if `part` is not in it.
+pub fn edited(config: &str, part: &str, replacement: &str) -> String {
+    assert!(config.contains(part), "{part:?} is not in the config");
+    config.replace(part, replacement)
+}
 
 impl TestService {
     pub async fn start() -> TestService {
@@ -76,7 +88,7 @@ impl TestService {
     pub async fn key(&self, service: &str) -> String {
         self.store()
             .await
-            .create_key(service, None)
+            .create_key(service, None, false)
             .await
             .unwrap()
             .1

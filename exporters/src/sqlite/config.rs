@@ -16,6 +16,7 @@ pub struct SqliteConfig {
     /// The database file; created with its folder when missing.
     pub path: PathBuf,
     /// Rows older than this many days are deleted (METRICS_RETENTION_DAYS); 0 keeps them all.
+    /// A table's period set through the admin API takes precedence.
     pub retention_days: u32,
     /// How often old rows are looked for.
     #[serde(with = "humantime_serde")]
@@ -49,15 +50,12 @@ impl ComponentConfig for SqliteConfig {
 impl ExporterConfig for SqliteConfig {
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
         let store = Store::open(&self.path).await?;
-        if self.retention_days > 0 {
-            let retention = Duration::from_secs(u64::from(self.retention_days) * 86_400);
-            tokio::spawn(super::retention::run(
-                store.clone(),
-                retention,
-                self.retention_interval,
-                cx.shutdown.clone(),
-            ));
-        }
+        store.seed_retention(self.retention_days).await?;
+        tokio::spawn(super::retention::run(
+            store.clone(),
+            self.retention_interval,
+            cx.shutdown.clone(),
+        ));
         Ok(Box::new(SqliteExporter { store }))
     }
 }

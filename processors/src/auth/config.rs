@@ -19,6 +19,9 @@ pub struct AuthConfig {
     /// How often the keys are re-read: a deactivated key is refused within this time.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Every environment variable `<prefix><NAME>` is a key for service `<name>` (lower-cased,
+    /// `_` becomes `-`), registered at start-up; empty for none.
+    pub env_key_prefix: String,
 }
 
 impl Default for AuthConfig {
@@ -26,6 +29,7 @@ impl Default for AuthConfig {
         AuthConfig {
             database: PathBuf::from("./data/metrics.db"),
             refresh_interval: Duration::from_secs(2),
+            env_key_prefix: "METRICS_API_KEY_".into(),
         }
     }
 }
@@ -48,9 +52,34 @@ impl ProcessorConfig for AuthConfig {
         next: Arc<dyn Consumer>,
     ) -> Result<Arc<dyn Processor>, BoxError> {
         let store = Store::open(&self.database).await?;
+        if !self.env_key_prefix.is_empty() {
+            let vars: Vec<_> = std::env::vars().collect();
+            register_env_keys(&store, &self.env_key_prefix, vars.into_iter()).await?;
+        }
         let keys = KeyCache::start(store, self.refresh_interval, cx.shutdown.clone()).await?;
         Ok(Arc::new(AuthProcessor { keys, next }))
     }
+}
+
+/// Registers the deployment's `<prefix><NAME>=<key>` variables as keys of service `<name>`.
+pub async fn register_env_keys(
+    store: &Store,
+    prefix: &str,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), BoxError> {
+    for (name, key) in vars {
+        let Some(service) = name.strip_prefix(prefix).filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        if key.trim().is_empty() {
+            tracing::warn!(variable = %name, "empty API key variable ignored");
+            continue;
+        }
+        let service = service.to_lowercase().replace('_', "-");
+        let change = store.register_env_key(&service, key.trim()).await?;
+        tracing::info!(%service, ?change, "API key from {name}");
+    }
+    Ok(())
 }
 
 inventory::submit!(ProcessorRegistration::of::<AuthConfig>(

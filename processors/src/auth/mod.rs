@@ -3,7 +3,7 @@
 
 mod config;
 
-pub use config::AuthConfig;
+pub use config::{AuthConfig, register_env_keys};
 
 use std::sync::Arc;
 

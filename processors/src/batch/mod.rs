@@ -97,6 +97,10 @@ impl Consumer for BatchProcessor {
 
 #[async_trait]
 impl Processor for BatchProcessor {
+    async fn flush(&self) {
+        self.shared.flush().await;
+    }
+
     async fn shutdown(&self) {
         self.stop.cancel();
         if let Some(flusher) = self.flusher.lock().await.take() {
@@ -145,7 +149,7 @@ impl Shared {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.since = None;
             let batch = std::mem::take(&mut pending.batch);
-            pending.in_flight = batch.len();
+            pending.in_flight += batch.len();
             batch
         };
         let max = match self.config.send_batch_max_size {

@@ -18,7 +18,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use mcp_metrics_plugin::{
-    Batch, Consumer, Outcome, Processor, Refusal, RequestContext, async_trait,
+    Batch, Consumer, Outcome, Processor, RateLimitState, Refusal, RequestContext, async_trait,
 };
 
 pub struct RateLimitProcessor {
@@ -33,8 +33,10 @@ type Bucket = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformatio
 /// One caller's bucket and the limit it was made for; a new limit in the table makes a new one.
 struct Limiter {
     per_minute: u32,
-    bucket: Arc<Bucket>,
+    bucket: Bucket,
     last_seen: Instant,
+    /// What the bucket had left after the last request, for looking without taking.
+    remaining: u32,
 }
 
 /// What the caller is told about its limit.
@@ -93,7 +95,29 @@ impl Consumer for RateLimitProcessor {
     }
 }
 
-impl Processor for RateLimitProcessor {}
+impl Processor for RateLimitProcessor {
+    fn rate_limit(&self, context: &RequestContext) -> Option<RateLimitState> {
+        let (caller, per_minute) = self.caller(context);
+        let limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        let remaining = match limiters.get(&caller) {
+            Some(limiter) if limiter.per_minute == per_minute => {
+                // The bucket refills one request per `refill` since it was last used.
+                let refill = Duration::from_secs(60) / per_minute;
+                let refilled = limiter.last_seen.elapsed().as_nanos() / refill.as_nanos().max(1);
+                let refilled = u32::try_from(refilled).unwrap_or(u32::MAX);
+                limiter.remaining.saturating_add(refilled).min(per_minute)
+            }
+            _ => per_minute,
+        };
+        Some(RateLimitState {
+            limit: per_minute,
+            remaining,
+            reset_seconds: seconds_up(
+                Duration::from_secs(60) / per_minute * (per_minute - remaining),
+            ),
+        })
+    }
+}
 
 impl RateLimitProcessor {
     fn new(config: &RateLimitConfig, next: Arc<dyn Consumer>) -> RateLimitProcessor {
@@ -105,9 +129,9 @@ impl RateLimitProcessor {
         }
     }
 
-    /// Takes one request from the caller's bucket, if it has one to give.
-    fn check(&self, context: &RequestContext) -> Verdict {
-        // Keyed by API key once authenticated, else by the service the client names.
+    /// Who the caller is, and its limit: by API key once authenticated, else by the service the
+    /// client names.
+    fn caller(&self, context: &RequestContext) -> (String, u32) {
         let (caller, own_limit) = match &context.key {
             Some(key) => (format!("key:{}", key.id), key.rate_limit),
             None => (format!("service:{}", context.service), None),
@@ -116,33 +140,12 @@ impl RateLimitProcessor {
             .filter(|n| *n > 0)
             .unwrap_or(self.default_limit)
             .max(1);
-        let bucket = self.bucket(caller, per_minute);
-        let refill = Duration::from_secs(60) / per_minute;
-        match bucket.check() {
-            Ok(state) => {
-                let remaining = state.remaining_burst_capacity();
-                Verdict {
-                    allowed: true,
-                    limit: per_minute,
-                    remaining,
-                    reset: seconds_up(refill * (per_minute - remaining)),
-                    retry_after: 0,
-                }
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                Verdict {
-                    allowed: false,
-                    limit: per_minute,
-                    remaining: 0,
-                    reset: seconds_up(refill * per_minute),
-                    retry_after: seconds_up(wait).max(1),
-                }
-            }
-        }
+        (caller, per_minute)
     }
 
-    fn bucket(&self, caller: String, per_minute: u32) -> Arc<Bucket> {
+    /// Takes one request from the caller's bucket, if it has one to give.
+    fn check(&self, context: &RequestContext) -> Verdict {
+        let (caller, per_minute) = self.caller(context);
         let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if limiters.len() >= self.max_tracked && !limiters.contains_key(&caller) {
@@ -159,18 +162,41 @@ impl RateLimitProcessor {
             *limiter = Limiter::new(per_minute);
         }
         limiter.last_seen = now;
-        limiter.bucket.clone()
+        let refill = Duration::from_secs(60) / per_minute;
+        match limiter.bucket.check() {
+            Ok(state) => {
+                limiter.remaining = state.remaining_burst_capacity();
+                Verdict {
+                    allowed: true,
+                    limit: per_minute,
+                    remaining: limiter.remaining,
+                    reset: seconds_up(refill * (per_minute - limiter.remaining)),
+                    retry_after: 0,
+                }
+            }
+            Err(not_until) => {
+                limiter.remaining = 0;
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Verdict {
+                    allowed: false,
+                    limit: per_minute,
+                    remaining: 0,
+                    reset: seconds_up(refill * per_minute),
+                    retry_after: seconds_up(wait).max(1),
+                }
+            }
+        }
     }
 }
 
 impl Limiter {
     fn new(per_minute: u32) -> Limiter {
         let burst = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
-        let bucket = RateLimiter::direct(Quota::per_minute(burst)).with_middleware();
         Limiter {
             per_minute,
-            bucket: Arc::new(bucket),
+            bucket: RateLimiter::direct(Quota::per_minute(burst)).with_middleware(),
             last_seen: Instant::now(),
+            remaining: per_minute,
         }
     }
 }

@@ -26,6 +26,9 @@ pub struct HttpConfig {
     /// Answer 200 only once every exporter has the metrics (for SQLite: committed), instead of
     /// once they are queued.
     pub acknowledgements: bool,
+    /// The database whose API keys guard the operator endpoints (`/rate-limit`, `/flush`,
+    /// `/admin/...`) and which `/admin` reports on; without it those endpoints answer 404.
+    pub database: Option<std::path::PathBuf>,
     /// With `acknowledgements`, how long to wait for delivery before answering 503.
     #[serde(with = "humantime_serde")]
     pub acknowledgement_timeout: Duration,
@@ -41,6 +44,7 @@ impl Default for HttpConfig {
             max_concurrent_requests: 256,
             acknowledgements: false,
             acknowledgement_timeout: Duration::from_secs(30),
+            database: None,
         }
     }
 }

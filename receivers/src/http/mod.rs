@@ -4,6 +4,7 @@
 //! included, answers with the contract's JSON error body and a request id.
 
 mod config;
+mod ops;
 mod wire;
 
 pub use config::HttpConfig;
@@ -33,12 +34,14 @@ pub struct HttpReceiver {
     config: HttpConfig,
     listener: TcpListener,
     id: String,
+    ops: Option<Arc<ops::Ops>>,
 }
 
 struct App {
     config: HttpConfig,
     next: Arc<dyn Consumer>,
     in_flight: tokio::sync::Semaphore,
+    ops: Option<Arc<ops::Ops>>,
 }
 
 impl HttpReceiver {
@@ -48,10 +51,15 @@ impl HttpReceiver {
         let listener = TcpListener::bind(&address)
             .await
             .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        let ops = match &config.database {
+            Some(database) => Some(Arc::new(ops::Ops::start(cx, database).await?)),
+            None => None,
+        };
         Ok(HttpReceiver {
             config,
             listener,
             id: cx.id.clone(),
+            ops,
         })
     }
 }
@@ -69,10 +77,12 @@ impl Receiver for HttpReceiver {
             in_flight: tokio::sync::Semaphore::new(self.config.max_concurrent_requests),
             config: self.config,
             next,
+            ops: self.ops,
         });
         let router = Router::new()
             .route("/metrics", post(post_metrics))
             .route("/health", get(health))
+            .merge(ops::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(body_limit))

@@ -172,6 +172,15 @@ pub fn outcome_reply(total: usize, mut outcome: Outcome, request_id: &str) -> Re
     reply(StatusCode::OK, body, &outcome.headers)
 }
 
+/// A 200 for the operator endpoints: the contract's `status` and `request_id` around `body`.
+pub fn success_reply(mut body: Value, request_id: &str) -> Response {
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("status".into(), Value::from("success"));
+        fields.insert("request_id".into(), Value::from(request_id));
+    }
+    reply(StatusCode::OK, body, &[])
+}
+
 fn reply(status: StatusCode, body: impl Serialize, headers: &[(String, String)]) -> Response {
     let mut response = (status, Json(body)).into_response();
     for (name, value) in headers {
