@@ -1,36 +1,103 @@
 //! What the running service offers its components (operator endpoints): flush everything now,
-//! and a caller's rate-limit standing. Handed to components before the graph exists, filled in
-//! once it does.
+//! a caller's rate-limit standing, health and readiness, and a reload. Handed to components before
+//! the graph exists; the service keeps it pointed at the current graph.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use mcp_metrics_plugin::{Processor, RateLimitState, RequestContext, ServiceControl, async_trait};
+use mcp_metrics_plugin::{
+    Problem, Processor, RateLimitState, RequestContext, ServiceControl, async_trait,
+};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::queue::ExporterQueue;
 
-#[derive(Default)]
+/// A reload asked for through [`ServiceControl::reload`], and where to say how it went.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
 pub struct Control {
-    /// Every pipeline's processors, each pipeline in order.
-    processors: OnceLock<Vec<Arc<dyn Processor>>>,
-    exporters: OnceLock<Vec<Arc<ExporterQueue>>>,
+    current: RwLock<Arc<Current>>,
+    /// How long exports may fail before the service reports unhealthy.
+    failure_threshold: RwLock<Duration>,
+    stopping: AtomicBool,
+    reloads: mpsc::Sender<ReloadRequest>,
+}
+
+#[derive(Default)]
+struct Current {
+    /// Every pipeline's processors, each pipeline in order, with their ids.
+    processors: Vec<(String, Arc<dyn Processor>)>,
+    exporters: Vec<Arc<ExporterQueue>>,
 }
 
 impl Control {
-    pub fn set(&self, processors: Vec<Arc<dyn Processor>>, exporters: Vec<Arc<ExporterQueue>>) {
-        let _ = self.processors.set(processors);
-        let _ = self.exporters.set(exporters);
+    pub fn new(reloads: mpsc::Sender<ReloadRequest>) -> Control {
+        Control {
+            current: RwLock::default(),
+            failure_threshold: RwLock::new(Duration::from_secs(30)),
+            stopping: AtomicBool::new(false),
+            reloads,
+        }
+    }
+
+    pub fn set(
+        &self,
+        processors: Vec<(String, Arc<dyn Processor>)>,
+        exporters: Vec<Arc<ExporterQueue>>,
+        failure_threshold: Duration,
+    ) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current {
+            processors,
+            exporters,
+        });
+        *self
+            .failure_threshold
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = failure_threshold;
+    }
+
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Full queues, in processors and exporters.
+    fn full_queues(&self) -> Vec<Problem> {
+        let current = self.current();
+        let (processors, exporters) = (&current.processors, &current.exporters);
+        let processors = processors.iter().filter_map(|(id, p)| {
+            p.problem().map(|problem| Problem {
+                component: format!("processors.{id}"),
+                problem,
+            })
+        });
+        let exporters = exporters.iter().filter_map(|e| {
+            e.full().map(|problem| Problem {
+                component: format!("exporters.{}", e.id()),
+                problem,
+            })
+        });
+        processors.chain(exporters).collect()
     }
 }
 
 #[async_trait]
 impl ServiceControl for Control {
     async fn flush(&self, timeout: Duration) -> bool {
+        let current = self.current();
+        let (processors, exporters) = (&current.processors, &current.exporters);
         let everything = async {
-            for processor in self.processors.get().into_iter().flatten() {
+            for (_, processor) in processors {
                 processor.flush().await;
             }
-            for exporter in self.exporters.get().into_iter().flatten() {
+            for exporter in exporters {
                 exporter.idle().await;
             }
         };
@@ -38,9 +105,46 @@ impl ServiceControl for Control {
     }
 
     fn rate_limit(&self, context: &RequestContext) -> Option<RateLimitState> {
-        self.processors
-            .get()?
-            .iter()
-            .find_map(|p| p.rate_limit(context))
+        let current = self.current();
+        let processors = &current.processors;
+        processors.iter().find_map(|(_, p)| p.rate_limit(context))
+    }
+
+    fn health(&self) -> Vec<Problem> {
+        let threshold = *self
+            .failure_threshold
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let current = self.current();
+        let exporters = &current.exporters;
+        let failing = exporters.iter().filter_map(|e| {
+            e.failing_for(threshold).map(|problem| Problem {
+                component: format!("exporters.{}", e.id()),
+                problem,
+            })
+        });
+        failing.chain(self.full_queues()).collect()
+    }
+
+    fn readiness(&self) -> Vec<Problem> {
+        let mut problems = self.full_queues();
+        if self.stopping.load(Ordering::Relaxed) {
+            problems.push(Problem {
+                component: "service".into(),
+                problem: "shutting down".into(),
+            });
+        }
+        problems
+    }
+
+    async fn reload(&self) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.reloads
+            .send(reply)
+            .await
+            .map_err(|_| "the service is shutting down".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the service is shutting down".to_owned())?
     }
 }

@@ -5,12 +5,12 @@
 pub mod config;
 pub mod control;
 pub mod fanout;
-pub mod pipeline;
+pub mod graph;
 pub mod queue;
 pub mod service;
 
 pub use config::{ServiceConfig, load_file, parse};
-pub use service::Service;
+pub use service::{ConfigSource, Service};
 
 // `inventory` only sees plugin crates that the binary links; naming them links them.
 use mcp_metrics_exporters as _;

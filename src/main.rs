@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mcp_metrics::Service;
-use mcp_metrics::config::{self, ConfigErrors, EMBEDDED_DEFAULT, ServiceConfig};
+use mcp_metrics::config::{self, EMBEDDED_DEFAULT, ServiceConfig};
+use mcp_metrics::{ConfigSource, Service};
 use mcp_metrics_store::Store;
 
 #[derive(Parser)]
@@ -128,34 +128,35 @@ fn environment(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// The text of the config named, else of `./pipelines.yaml`, else of the one built in; and
-/// its name for messages.
-fn config_text(arg: &ConfigArg) -> Result<(String, String), ConfigErrors> {
+/// The config named, else `./pipelines.yaml`, else the one built in.
+fn config_source(arg: &ConfigArg) -> ConfigSource {
     let default = Path::new("pipelines.yaml");
-    let path = match &arg.config {
-        Some(path) => path.as_path(),
-        None if default.exists() => default,
+    match &arg.config {
+        Some(path) => ConfigSource::File(path.clone()),
+        None if default.exists() => ConfigSource::File(default.to_owned()),
         None => {
             tracing::info!("no ./pipelines.yaml; using the built-in default");
-            let text = EMBEDDED_DEFAULT.to_owned();
-            return Ok((text, "built-in pipelines.yaml".to_owned()));
+            ConfigSource::Text {
+                text: EMBEDDED_DEFAULT.to_owned(),
+                name: "built-in pipelines.yaml".to_owned(),
+            }
         }
-    };
-    let source = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok((text, source)),
-        Err(error) => Err(ConfigErrors::unreadable(source, &error)),
     }
 }
 
-fn load(arg: &ConfigArg) -> Result<ServiceConfig, ConfigErrors> {
+/// The text of the config and its name for messages.
+fn config_text(arg: &ConfigArg) -> anyhow::Result<(String, String)> {
+    config_source(arg).read().map_err(anyhow::Error::msg)
+}
+
+fn load(arg: &ConfigArg) -> anyhow::Result<ServiceConfig> {
     let (text, source) = config_text(arg)?;
-    config::parse(&text, &source, &environment)
+    Ok(config::parse(&text, &source, &environment)?)
 }
 
 async fn run(arg: ConfigArg) -> anyhow::Result<()> {
     let config = load(&arg)?;
-    let service = Service::start(config).await?;
+    let service = Service::start_from(config, Some(config_source(&arg))).await?;
     service.run_until_signal().await
 }
 

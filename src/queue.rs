@@ -8,7 +8,7 @@
 //! into few large SQLite transactions without making any request wait.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use mcp_metrics_plugin::{
@@ -107,6 +107,32 @@ pub struct ExporterQueue {
     room: Arc<Semaphore>,
     sender: std::sync::Mutex<Option<mpsc::UnboundedSender<Queued>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    failing: Arc<Failing>,
+}
+
+/// Since when exports have been failing, and the latest error; empty while they succeed.
+#[derive(Default)]
+struct Failing(std::sync::Mutex<Option<(Instant, String)>>);
+
+impl Failing {
+    fn failed(&self, error: &ExportError) {
+        let mut failing = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let since = failing
+            .as_ref()
+            .map_or_else(Instant::now, |(since, _)| *since);
+        *failing = Some((since, error.message.clone()));
+    }
+
+    fn succeeded(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn longer_than(&self, threshold: Duration) -> Option<(Duration, String)> {
+        let failing = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, error) = failing.as_ref()?;
+        let elapsed = since.elapsed();
+        (elapsed > threshold).then(|| (elapsed, error.clone()))
+    }
 }
 
 impl ExporterQueue {
@@ -119,9 +145,11 @@ impl ExporterQueue {
         let exporter: Arc<dyn Exporter> = Arc::from(exporter);
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
+        let failing = Arc::new(Failing::default());
         let workers = (0..queue.num_consumers)
             .map(|_| {
                 let worker = Worker {
+                    failing: failing.clone(),
                     id: id.clone(),
                     exporter: exporter.clone(),
                     receiver: receiver.clone(),
@@ -138,6 +166,7 @@ impl ExporterQueue {
             room: Arc::new(Semaphore::new(queue.queue_size)),
             sender: std::sync::Mutex::new(Some(sender)),
             workers: Mutex::new(workers),
+            failing,
         })
     }
 
@@ -152,6 +181,22 @@ impl ExporterQueue {
     /// Metrics queued or being exported.
     pub fn queued(&self) -> usize {
         self.capacity - self.room.available_permits()
+    }
+
+    /// Why it is not well: exports failing for longer than `threshold`.
+    pub fn failing_for(&self, threshold: Duration) -> Option<String> {
+        let (elapsed, error) = self.failing.longer_than(threshold)?;
+        Some(format!(
+            "exports failing for {} s: {error}",
+            elapsed.as_secs()
+        ))
+    }
+
+    /// Why it cannot take more: its queue is full.
+    pub fn full(&self) -> Option<String> {
+        let queued = self.queued();
+        (queued >= self.capacity)
+            .then(|| format!("queue full ({queued} of {} metrics)", self.capacity))
     }
 
     /// Returns once nothing is queued or being exported.
@@ -210,6 +255,7 @@ impl Consumer for ExporterQueue {
 }
 
 struct Worker {
+    failing: Arc<Failing>,
     id: String,
     exporter: Arc<dyn Exporter>,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued>>>,
@@ -271,12 +317,17 @@ impl Worker {
                 .retry(backoff)
                 .when(|error: &ExportError| error.retryable)
                 .notify(|error, delay| {
+                    self.failing.failed(error);
                     tracing::warn!(exporter = %self.id, %error, retry_in = ?delay, "export failed; will retry");
                 })
                 .await
         } else {
             attempt().await
         };
+        match &result {
+            Ok(()) => self.failing.succeeded(),
+            Err(error) => self.failing.failed(error),
+        }
         if let Err(error) = result {
             tracing::error!(
                 exporter = %self.id,

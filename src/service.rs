@@ -1,154 +1,266 @@
-//! The running service: start the graph, wait for a signal, then drain in order — receivers stop
-//! taking requests and finish the ones in flight, processors hand on what they hold, exporter
-//! queues export everything queued — within the shutdown deadline.
+//! The running service: build the graph, serve until a signal, reload on SIGHUP (or a file
+//! change, or `POST /admin/reload`), then drain in order — receivers stop taking requests and
+//! finish the ones in flight, processors hand on what they hold, exporter queues export
+//! everything queued — within the shutdown deadline.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::bail;
-use mcp_metrics_plugin::{CancellationToken, Processor};
-use tokio::task::JoinSet;
+use mcp_metrics_plugin::{CancellationToken, Listeners};
+use tokio::sync::mpsc;
 
-use crate::config::ServiceConfig;
-use crate::control::Control;
-use crate::pipeline;
-use crate::queue::ExporterQueue;
+use crate::config::{self, ServiceConfig, ServiceSettings};
+use crate::control::{Control, ReloadRequest};
+use crate::graph::{Base, Graph, Plan};
+
+/// Where the configuration comes from, to read it again on reload.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Text with no file behind it (the built-in default): a reload finds nothing new.
+    Text {
+        text: String,
+        name: String,
+    },
+}
+
+impl ConfigSource {
+    /// The text, and its name for messages.
+    pub fn read(&self) -> Result<(String, String), String> {
+        match self {
+            ConfigSource::File(path) => std::fs::read_to_string(path)
+                .map(|text| (text, path.display().to_string()))
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            ConfigSource::Text { text, name } => Ok((text.clone(), name.clone())),
+        }
+    }
+}
 
 pub struct Service {
-    receivers: JoinSet<(String, Result<(), mcp_metrics_plugin::BoxError>)>,
-    receiver_addrs: Vec<(String, SocketAddr)>,
-    processors: Vec<(String, Vec<Arc<dyn Processor>>)>,
-    exporters: Vec<Arc<ExporterQueue>>,
-    /// Cancelled first: receivers stop taking input.
-    stop_receiving: CancellationToken,
-    /// Cancelled last: components' background tasks stop.
-    stop_components: CancellationToken,
-    shutdown_timeout: Duration,
+    graph: Graph,
+    base: Base,
+    control: Arc<Control>,
+    source: Option<ConfigSource>,
+    settings: ServiceSettings,
+    reloads: mpsc::Receiver<ReloadRequest>,
+    receiver_failures: mpsc::UnboundedReceiver<(String, String)>,
 }
 
 impl Service {
     /// Builds every component and starts the receivers. On error nothing is left running.
     pub async fn start(config: ServiceConfig) -> anyhow::Result<Service> {
+        Service::start_from(config, None).await
+    }
+
+    /// As [`Service::start`], able to reload from `source`.
+    pub async fn start_from(
+        config: ServiceConfig,
+        source: Option<ConfigSource>,
+    ) -> anyhow::Result<Service> {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        let stop_components = CancellationToken::new();
-        let control = Arc::new(Control::default());
-        let graph = match pipeline::build(&config, &stop_components, control.clone()).await {
-            Ok(graph) => graph,
+        let (reload_requests, reloads) = mpsc::channel(4);
+        let (failures, receiver_failures) = mpsc::unbounded_channel();
+        let control = Arc::new(Control::new(reload_requests));
+        let base = Base {
+            components: CancellationToken::new(),
+            control: control.clone(),
+            listeners: Arc::new(Listeners::default()),
+            receiver_failures: failures,
+        };
+        let plan = match Plan::build(&config, None, &base).await {
+            Ok(plan) => plan,
             Err(error) => {
-                stop_components.cancel();
+                base.components.cancel();
                 return Err(error);
             }
         };
-        let processors = graph
-            .processors
-            .iter()
-            .flat_map(|(_, chain)| chain.iter().cloned());
-        control.set(processors.collect(), graph.exporters.clone());
-        let stop_receiving = CancellationToken::new();
-        let mut receivers = JoinSet::new();
-        let mut receiver_addrs = Vec::new();
-        for (id, receiver, next) in graph.receivers {
-            if let Some(addr) = receiver.local_addr() {
-                receiver_addrs.push((id.clone(), addr));
-            }
-            let stop = stop_receiving.clone();
-            receivers.spawn(async move { (id, receiver.run(next, stop).await) });
-        }
+        let (graph, _) = Graph::commit(plan, Graph::default(), &base);
+        control.set(
+            graph.processors(),
+            graph.queues(),
+            config.settings.export_failure_threshold,
+        );
         tracing::info!(pipelines = config.pipelines.len(), "mcp-metrics started");
         Ok(Service {
-            receivers,
-            receiver_addrs,
-            processors: graph.processors,
-            exporters: graph.exporters,
-            stop_receiving,
-            stop_components,
-            shutdown_timeout: config.settings.shutdown_timeout,
+            graph,
+            base,
+            control,
+            source,
+            settings: config.settings,
+            reloads,
+            receiver_failures,
         })
     }
 
     /// The address a receiver listens on, by its id in the config.
     pub fn receiver_addr(&self, id: &str) -> Option<SocketAddr> {
-        self.receiver_addrs
-            .iter()
-            .find(|(rid, _)| rid == id)
-            .map(|(_, addr)| *addr)
+        self.graph.receivers.get(id).and_then(|r| r.addr)
     }
 
     /// The address an exporter serves on (a scrape endpoint), by its id in the config.
     pub fn exporter_addr(&self, id: &str) -> Option<SocketAddr> {
-        self.exporters
-            .iter()
-            .find(|e| e.id() == id)
-            .and_then(|e| e.exporter().local_addr())
+        self.graph
+            .exporters
+            .get(id)
+            .and_then(|e| e.queue.exporter().local_addr())
     }
 
-    /// Runs until SIGTERM or Ctrl-C (or a receiver fails), then shuts down.
+    /// Reads the configuration again and applies it as a diff: only components whose settings
+    /// changed are rebuilt, the rest go on. A configuration with errors is refused whole and the
+    /// running pipelines go on; the errors are returned.
+    pub async fn reload(&mut self) -> Result<String, String> {
+        let Some(source) = &self.source else {
+            return Err(
+                "this service was not started from a configuration it can read again".into(),
+            );
+        };
+        let (text, name) = source.read()?;
+        let config = config::parse(&text, &name, &|var| std::env::var(var).ok())
+            .map_err(|e| e.to_string())?;
+        let plan = Plan::build(&config, Some(&self.graph), &self.base)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let previous = std::mem::take(&mut self.graph);
+        let (graph, retired) = Graph::commit(plan, previous, &self.base);
+        self.graph = graph;
+        self.settings = config.settings;
+        self.control.set(
+            self.graph.processors(),
+            self.graph.queues(),
+            self.settings.export_failure_threshold,
+        );
+        let addrs: Vec<SocketAddr> = self
+            .graph
+            .receivers
+            .values()
+            .filter_map(|r| r.addr)
+            .collect();
+        let replaced = retired.count();
+        retired.drain().await;
+        self.base.listeners.keep_serving(&addrs);
+        Ok(format!(
+            "reloaded {name}: {replaced} component(s) replaced or removed, the rest kept"
+        ))
+    }
+
+    /// Runs until SIGTERM or Ctrl-C (or a receiver fails), reloading on SIGHUP, then shuts down.
     pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
-        tokio::select! {
-            signal = shutdown_signal() => tracing::info!("{signal}: shutting down"),
-            Some(ended) = self.receivers.join_next() => {
-                match ended {
-                    Ok((id, Err(error))) => tracing::error!(receiver = %id, %error, "receiver failed; shutting down"),
-                    Ok((id, Ok(()))) => tracing::warn!(receiver = %id, "receiver stopped; shutting down"),
-                    Err(error) => tracing::error!(%error, "receiver panicked; shutting down"),
+        let mut signals = Signals::new()?;
+        let mut watch = tokio::time::interval(self.settings.watch_interval);
+        let mut last_text = self
+            .source
+            .as_ref()
+            .and_then(|s| s.read().ok())
+            .map(|(text, _)| text);
+        loop {
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    Signal::Hangup => self.reload_and_log("SIGHUP").await,
+                    Signal::Stop(name) => {
+                        tracing::info!("{name}: shutting down");
+                        break;
+                    }
+                },
+                Some(reply) = self.reloads.recv() => {
+                    let result = self.reload().await;
+                    log_reload("POST /admin/reload", &result);
+                    let _ = reply.send(result);
+                }
+                _ = watch.tick(), if self.settings.watch_config => {
+                    let text = self.source.as_ref().and_then(|s| s.read().ok()).map(|(text, _)| text);
+                    if text.is_some() && text != last_text {
+                        last_text = text;
+                        self.reload_and_log("config file changed").await;
+                    }
+                }
+                Some((id, why)) = self.receiver_failures.recv() => {
+                    tracing::error!(receiver = %id, %why, "receiver stopped; shutting down");
+                    break;
                 }
             }
         }
         self.shutdown().await
     }
 
+    async fn reload_and_log(&mut self, cause: &str) {
+        let result = self.reload().await;
+        log_reload(cause, &result);
+    }
+
     /// Stops taking metrics and delivers everything taken, within the shutdown deadline.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        let deadline = self.shutdown_timeout;
-        self.stop_receiving.cancel();
-        let drained = tokio::time::timeout(deadline, self.drain()).await;
-        self.stop_components.cancel();
+        let deadline = self.settings.shutdown_timeout;
+        self.control.stopping();
+        let queues = self.graph.queues();
+        let retired = std::mem::take(&mut self.graph).retire();
+        let drained = tokio::time::timeout(deadline, retired.drain()).await;
+        self.base.components.cancel();
         if drained.is_err() {
-            let left: usize = self.exporters.iter().map(|e| e.queued()).sum();
+            let left: usize = queues.iter().map(|q| q.queued()).sum();
             bail!("shutdown deadline of {deadline:?} passed with {left} metrics not yet exported");
         }
         tracing::info!("mcp-metrics stopped; every accepted metric was handed to its exporters");
         Ok(())
     }
+}
 
-    async fn drain(&mut self) {
-        while let Some(ended) = self.receivers.join_next().await {
-            if let Ok((id, Err(error))) = ended {
-                tracing::warn!(receiver = %id, %error, "receiver ended with an error");
-            }
+fn log_reload(cause: &str, result: &Result<String, String>) {
+    match result {
+        Ok(summary) => tracing::info!("{cause}: {summary}"),
+        Err(errors) => tracing::error!(
+            "{cause}: configuration refused, the running pipelines go on:\n{errors}"
+        ),
+    }
+}
+
+/// The signals the service acts on.
+struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => Signal::Stop("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => Signal::Stop("Ctrl-C"),
+            _ = self.hangup.recv() => Signal::Hangup,
         }
-        for (_, chain) in &self.processors {
-            for processor in chain {
-                processor.shutdown().await;
-            }
-        }
-        for exporter in &self.exporters {
-            exporter.drain().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop("Ctrl-C")
         }
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "Ctrl-C",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "Ctrl-C"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
-    }
+enum Signal {
+    /// Shut down.
+    Stop(&'static str),
+    /// Reload the configuration.
+    Hangup,
 }

@@ -33,6 +33,19 @@ pub trait Processor: Consumer {
     fn rate_limit(&self, _context: &RequestContext) -> Option<RateLimitState> {
         None
     }
+
+    /// Why it cannot take metrics right now (a full queue), if it cannot.
+    fn problem(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A component that is not well, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `exporters.sqlite`, `processors.batch`, ...
+    pub component: String,
+    pub problem: String,
 }
 
 /// A caller's standing with a rate limiter.
@@ -55,6 +68,18 @@ pub trait ServiceControl: Send + Sync {
 
     /// The caller's standing with the first rate limiter that knows it.
     fn rate_limit(&self, context: &RequestContext) -> Option<RateLimitState>;
+
+    /// What is wrong now: exporters failing for longer than the threshold, full queues. Empty
+    /// when healthy.
+    fn health(&self) -> Vec<Problem>;
+
+    /// Why the service should not be sent traffic now (full queues, shutting down). Empty when
+    /// ready.
+    fn readiness(&self) -> Vec<Problem>;
+
+    /// Re-reads the configuration and applies what changed; the errors if it is refused (the
+    /// running pipelines go on).
+    async fn reload(&self) -> Result<String, String>;
 }
 
 /// The end of a pipeline. The engine gives every exporter a queue, batching and retries, so an

@@ -11,14 +11,16 @@
 
 mod ack;
 mod component;
+mod listeners;
 mod model;
 mod registry;
 
 pub use ack::{Ack, AckReceiver, Delivery};
 pub use component::{
-    BoxError, Consumer, ExportError, Exporter, Outcome, Processor, RateLimitState, Receiver,
-    Refusal, Rejection, ServiceControl,
+    BoxError, Consumer, ExportError, Exporter, Outcome, Problem, Processor, RateLimitState,
+    Receiver, Refusal, Rejection, ServiceControl,
 };
+pub use listeners::Listeners;
 pub use model::{Batch, KeyInfo, Metric, MetricType, Request, RequestContext, parse_timestamp};
 pub use registry::{
     BuildContext, ComponentConfig, ConfigIssue, ExporterConfig, ExporterRegistration,

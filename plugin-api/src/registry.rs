@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxError, Consumer, Exporter, Processor, Receiver, ServiceControl};
+use crate::listeners::Listeners;
 
 /// A component's typed config: the front door of the component. Implementors derive
 /// `Deserialize` with `#[serde(deny_unknown_fields, default)]` so a typo is an error.
@@ -29,6 +30,8 @@ pub struct BuildContext {
     pub shutdown: CancellationToken,
     /// The running service, for components that serve operators.
     pub control: Arc<dyn ServiceControl>,
+    /// Where components that listen get their sockets (kept across reloads).
+    pub listeners: Arc<Listeners>,
 }
 
 #[async_trait]

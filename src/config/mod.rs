@@ -30,6 +30,17 @@ pub struct ServiceConfig {
     pub settings: ServiceSettings,
     /// Things worth saying that do not stop the service (unused components).
     pub warnings: Vec<String>,
+    /// Each component's settings as written (environment substituted), by `section.id`: a reload
+    /// rebuilds a component only if its fingerprint changed.
+    pub fingerprints: BTreeMap<String, String>,
+}
+
+impl ServiceConfig {
+    pub fn fingerprint(&self, section: &str, id: &str) -> &str {
+        self.fingerprints
+            .get(&format!("{section}.{id}"))
+            .map_or("", String::as_str)
+    }
 }
 
 /// An exporter's own config and the queue and retry settings the engine wraps it in.
@@ -57,12 +68,23 @@ pub struct ServiceSettings {
     /// How long shutdown may take to drain every queue through every exporter.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// `/health` reports unhealthy once an exporter's exports have failed for this long.
+    #[serde(with = "humantime_serde")]
+    pub export_failure_threshold: Duration,
+    /// Reload when the config file changes (besides SIGHUP and `POST /admin/reload`).
+    pub watch_config: bool,
+    /// How often a watched config file is looked at.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
 }
 
 impl Default for ServiceSettings {
     fn default() -> Self {
         ServiceSettings {
             shutdown_timeout: Duration::from_secs(30),
+            export_failure_threshold: Duration::from_secs(30),
+            watch_config: false,
+            watch_interval: Duration::from_secs(2),
         }
     }
 }
@@ -142,6 +164,7 @@ pub fn parse(
         text,
         errors: Vec::new(),
         defined: BTreeMap::new(),
+        fingerprints: BTreeMap::new(),
     };
     let config = checker.check(env);
     match config {
@@ -161,6 +184,7 @@ struct Checker<'t> {
     /// Component ids as written per section, including those whose settings had errors, so a
     /// pipeline naming them is not told a second, misleading error.
     defined: BTreeMap<String, BTreeSet<String>>,
+    fingerprints: BTreeMap<String, String>,
 }
 
 impl Checker<'_> {
@@ -235,6 +259,7 @@ impl Checker<'_> {
             pipelines,
             settings,
             warnings,
+            fingerprints: std::mem::take(&mut self.fingerprints),
         })
     }
 
@@ -274,6 +299,10 @@ impl Checker<'_> {
         };
         let ids = entries.iter().map(|(id, _)| id.clone()).collect();
         self.defined.insert(section.to_owned(), ids);
+        for (id, value) in &entries {
+            let written = serde_yaml::to_string(value).unwrap_or_default();
+            self.fingerprints.insert(format!("{section}.{id}"), written);
+        }
         entries
     }
 

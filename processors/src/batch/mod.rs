@@ -41,6 +41,9 @@ struct Pending {
     /// Metrics taken by the flusher and not yet accepted downstream; they count against
     /// `queue_size` too.
     in_flight: usize,
+    /// Shut down: nothing is held any more, batches go straight on (a request that was under way
+    /// during a reload can still arrive).
+    closed: bool,
 }
 
 impl BatchProcessor {
@@ -65,17 +68,30 @@ impl BatchProcessor {
 #[async_trait]
 impl Consumer for BatchProcessor {
     async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
-        let size = batch.len();
-        if size == 0 {
+        if batch.is_empty() {
             return Ok(Outcome::default());
         }
+        match self.hold(batch)? {
+            Some(batch) => self.shared.next.consume(batch).await,
+            None => Ok(Outcome::default()),
+        }
+    }
+}
+
+impl BatchProcessor {
+    /// Adds the batch to what is pending; gives it back if this processor no longer holds
+    /// anything (after its last flush), refuses it if the queue is full.
+    fn hold(&self, batch: Batch) -> Result<Option<Batch>, Refusal> {
         let config = &self.shared.config;
         let mut pending = self
             .shared
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if pending.batch.len() + pending.in_flight + size > config.queue_size {
+        if pending.closed {
+            return Ok(Some(batch));
+        }
+        if pending.batch.len() + pending.in_flight + batch.len() > config.queue_size {
             return Err(Refusal::unavailable(
                 format!("processor {} is full: exporters are behind", self.shared.id),
                 1,
@@ -91,14 +107,25 @@ impl Consumer for BatchProcessor {
         if first || full {
             self.shared.wake.notify_one();
         }
-        Ok(Outcome::default())
+        Ok(None)
     }
 }
 
 #[async_trait]
 impl Processor for BatchProcessor {
     async fn flush(&self) {
-        self.shared.flush().await;
+        self.shared.flush(false).await;
+    }
+
+    fn problem(&self) -> Option<String> {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let held = pending.batch.len() + pending.in_flight;
+        let limit = self.shared.config.queue_size;
+        (held >= limit).then(|| format!("queue full ({held} of {limit} metrics)"))
     }
 
     async fn shutdown(&self) {
@@ -121,7 +148,7 @@ async fn flush_loop(shared: Arc<Shared>, stop: CancellationToken) {
         };
         let stopping = stop.is_cancelled();
         if ready || stopping || due.is_some_and(|due| due <= Instant::now()) {
-            shared.flush().await;
+            shared.flush(stopping).await;
             if stopping {
                 return;
             }
@@ -143,10 +170,12 @@ async fn sleep_until(due: Option<Instant>) {
 }
 
 impl Shared {
-    /// Hands on everything pending, in batches of at most `send_batch_max_size`.
-    async fn flush(&self) {
+    /// Hands on everything pending, in batches of at most `send_batch_max_size`; when `last`,
+    /// holds nothing from then on.
+    async fn flush(&self, last: bool) {
         let mut batch = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.closed |= last;
             pending.since = None;
             let batch = std::mem::take(&mut pending.batch);
             pending.in_flight += batch.len();

@@ -1,7 +1,8 @@
 //! `http`: the receiver every MCP Gateway component already talks to. `POST /metrics` decodes
 //! the request, judges each metric's shape alone and hands the batch to the pipeline;
-//! `GET /health` says whether the service takes metrics. Every refusal, the framework's own
-//! included, answers with the contract's JSON error body and a request id.
+//! `GET /health` and `GET /ready` say whether the service takes metrics; the operator endpoints
+//! are in `ops`. Every refusal, the framework's own included, answers with the contract's JSON
+//! error body and a request id.
 
 mod config;
 mod ops;
@@ -16,14 +17,14 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use mcp_metrics_plugin::{
-    Ack, Batch, BoxError, BuildContext, CancellationToken, Consumer, Delivery, Outcome, Receiver,
-    Refusal, Request, RequestContext, async_trait,
+    Ack, Batch, BoxError, BuildContext, CancellationToken, Consumer, Delivery, Outcome, Problem,
+    Receiver, Refusal, Request, RequestContext, ServiceControl, async_trait,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -35,6 +36,7 @@ pub struct HttpReceiver {
     listener: TcpListener,
     id: String,
     ops: Option<Arc<ops::Ops>>,
+    control: Arc<dyn ServiceControl>,
 }
 
 struct App {
@@ -42,14 +44,17 @@ struct App {
     next: Arc<dyn Consumer>,
     in_flight: tokio::sync::Semaphore,
     ops: Option<Arc<ops::Ops>>,
+    control: Arc<dyn ServiceControl>,
 }
 
 impl HttpReceiver {
     /// Binds now, so a taken port fails start-up rather than a request.
     async fn bind(cx: &BuildContext, config: HttpConfig) -> Result<HttpReceiver, BoxError> {
         let address = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind(&address)
-            .await
+        let listener = cx
+            .listeners
+            .bind(&address)
+            .and_then(TcpListener::from_std)
             .map_err(|e| format!("cannot listen on {address}: {e}"))?;
         let ops = match &config.database {
             Some(database) => Some(Arc::new(ops::Ops::start(cx, database).await?)),
@@ -60,6 +65,7 @@ impl HttpReceiver {
             listener,
             id: cx.id.clone(),
             ops,
+            control: cx.control.clone(),
         })
     }
 }
@@ -78,10 +84,12 @@ impl Receiver for HttpReceiver {
             config: self.config,
             next,
             ops: self.ops,
+            control: self.control,
         });
         let router = Router::new()
             .route("/metrics", post(post_metrics))
             .route("/health", get(health))
+            .route("/ready", get(ready))
             .merge(ops::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
@@ -242,8 +250,43 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
     }
 }
 
-async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(json!({"status": "healthy", "service": "metrics-collection"}))
+/// Healthy while the service can take metrics; otherwise 503 with what is wrong, by component.
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let problems = app.control.health();
+    let status = if problems.is_empty() {
+        "healthy"
+    } else {
+        "unhealthy"
+    };
+    status_reply(status, "metrics-collection", &problems)
+}
+
+/// Ready while traffic is welcome: no queue is full and the service is not stopping.
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let problems = app.control.readiness();
+    let status = if problems.is_empty() {
+        "ready"
+    } else {
+        "not_ready"
+    };
+    status_reply(status, "metrics-collection", &problems)
+}
+
+fn status_reply(status: &str, service: &str, problems: &[Problem]) -> Response {
+    let code = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = json!({"status": status, "service": service});
+    if !problems.is_empty() {
+        let problems: Vec<_> = problems
+            .iter()
+            .map(|p| json!({"component": p.component, "problem": p.problem}))
+            .collect();
+        body["problems"] = json!(problems);
+    }
+    (code, axum::Json(body)).into_response()
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

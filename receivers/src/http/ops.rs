@@ -53,6 +53,17 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/admin/retention/cleanup", post(cleanup))
         .route("/admin/database/stats", get(stats))
         .route("/admin/database/size", get(size))
+        .route("/admin/reload", post(reload))
+}
+
+async fn reload(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    guarded(&app, &headers, true, |ops, _| async move {
+        match ops.control.reload().await {
+            Ok(summary) => Ok(json!({"message": summary})),
+            Err(errors) => Err(Refusal::new(422, "invalid_config", errors)),
+        }
+    })
+    .await
 }
 
 /// Runs `answer` for a caller with an active key (an admin key if `admin`), and replies.

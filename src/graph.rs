@@ -1,0 +1,506 @@
+//! The running graph, built from a checked config through the registry alone: exporters (each
+//! behind its queue, shared by every pipeline that names it), each pipeline's processors from last
+//! to first, and the receivers, each feeding the pipelines that name it through a [`Switch`].
+//!
+//! A reload builds the next generation beside the running one, reusing every component whose
+//! settings did not change, switches the receivers over, and then drains what was replaced, so
+//! metrics in flight are neither dropped nor refused by a half-built graph.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use mcp_metrics_plugin::{
+    Batch, BuildContext, CancellationToken, Consumer, Listeners, Outcome, Processor, Receiver,
+    Refusal, ServiceControl, async_trait,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::ServiceConfig;
+use crate::fanout::Fanout;
+use crate::queue::ExporterQueue;
+
+/// What every component is built with.
+pub struct Base {
+    /// Parent of every component's own token.
+    pub components: CancellationToken,
+    pub control: Arc<dyn ServiceControl>,
+    pub listeners: Arc<Listeners>,
+    /// Where a receiver that stops on its own says so.
+    pub receiver_failures: mpsc::UnboundedSender<(String, String)>,
+}
+
+/// A receiver's way into the pipelines; a reload points it elsewhere.
+pub struct Switch(RwLock<Route>);
+
+/// Where a switch sends batches, and the generation that is; a batch under way holds a clone of
+/// the generation, so a reload can tell when the old one is no longer in use.
+#[derive(Clone)]
+struct Route {
+    target: Arc<dyn Consumer>,
+    generation: Arc<()>,
+}
+
+impl Switch {
+    fn set(&self, route: Route) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = route;
+    }
+}
+
+#[async_trait]
+impl Consumer for Switch {
+    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
+        let route = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let outcome = route.target.consume(batch).await;
+        drop(route.generation);
+        outcome
+    }
+}
+
+pub struct BuiltExporter {
+    fingerprint: String,
+    pub queue: Arc<ExporterQueue>,
+    stop: CancellationToken,
+}
+
+pub struct BuiltPipeline {
+    fingerprint: String,
+    /// Its processors in pipeline order, with their ids.
+    pub chain: Vec<(String, Arc<dyn Processor>)>,
+    entry: Arc<dyn Consumer>,
+    stop: CancellationToken,
+}
+
+pub struct RunningReceiver {
+    fingerprint: String,
+    switch: Arc<Switch>,
+    /// Stops it taking input.
+    stop_receiving: CancellationToken,
+    /// Stops its background tasks.
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    pub addr: Option<SocketAddr>,
+}
+
+/// One generation of the running graph.
+#[derive(Default)]
+pub struct Graph {
+    pub exporters: BTreeMap<String, BuiltExporter>,
+    pub pipelines: BTreeMap<String, BuiltPipeline>,
+    pub receivers: BTreeMap<String, RunningReceiver>,
+    generation: Arc<()>,
+}
+
+/// The next generation, built and not yet taking traffic.
+pub struct Plan {
+    exporters: BTreeMap<String, (bool, BuiltExporter)>,
+    pipelines: BTreeMap<String, (bool, BuiltPipeline)>,
+    receivers: BTreeMap<String, PlannedReceiver>,
+}
+
+enum PlannedReceiver {
+    /// Unchanged: it keeps running, pointed at the new pipelines.
+    Keep(Arc<dyn Consumer>),
+    New {
+        fingerprint: String,
+        receiver: Box<dyn Receiver>,
+        target: Arc<dyn Consumer>,
+        stop: CancellationToken,
+    },
+}
+
+/// What a new generation replaced, to be drained once nothing sends to it.
+#[derive(Default)]
+pub struct Retired {
+    receivers: Vec<RunningReceiver>,
+    pipelines: Vec<BuiltPipeline>,
+    exporters: Vec<BuiltExporter>,
+    generation: Arc<()>,
+}
+
+impl Plan {
+    /// Builds every component the config uses, reusing those of `current` whose settings are
+    /// unchanged. On error, what was built is stopped and `current` is untouched.
+    pub async fn build(
+        config: &ServiceConfig,
+        current: Option<&Graph>,
+        base: &Base,
+    ) -> anyhow::Result<Plan> {
+        let built = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let result = Plan::build_tracked(config, current, base, &built).await;
+        if result.is_err() {
+            for token in built.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                CancellationToken::cancel(token);
+            }
+        }
+        result
+    }
+
+    async fn build_tracked(
+        config: &ServiceConfig,
+        current: Option<&Graph>,
+        base: &Base,
+        built: &Arc<std::sync::Mutex<Vec<CancellationToken>>>,
+    ) -> anyhow::Result<Plan> {
+        let context = |id: &str| {
+            let stop = base.components.child_token();
+            built
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(stop.clone());
+            BuildContext {
+                id: id.to_owned(),
+                shutdown: stop,
+                control: base.control.clone(),
+                listeners: base.listeners.clone(),
+            }
+        };
+        let used = |section: &str, id: &String| {
+            config.pipelines.values().any(|p| match section {
+                "receivers" => p.receivers.contains(id),
+                _ => p.exporters.contains(id),
+            })
+        };
+
+        let mut exporters = BTreeMap::new();
+        for (id, settings) in config
+            .exporters
+            .iter()
+            .filter(|(id, _)| used("exporters", id))
+        {
+            let fingerprint = config.fingerprint("exporters", id).to_owned();
+            if let Some(old) = current
+                .and_then(|g| g.exporters.get(id))
+                .filter(|old| old.fingerprint == fingerprint)
+            {
+                let reused = BuiltExporter {
+                    fingerprint,
+                    queue: old.queue.clone(),
+                    stop: old.stop.clone(),
+                };
+                exporters.insert(id.clone(), (true, reused));
+                continue;
+            }
+            let cx = context(id);
+            let exporter = settings
+                .config
+                .build(&cx)
+                .await
+                .map_err(|e| anyhow!("exporters.{id}: {e}"))?;
+            let queue = ExporterQueue::start(
+                id.clone(),
+                exporter,
+                &settings.sending_queue,
+                &settings.retry_on_failure,
+            );
+            exporters.insert(
+                id.clone(),
+                (
+                    false,
+                    BuiltExporter {
+                        fingerprint,
+                        queue,
+                        stop: cx.shutdown,
+                    },
+                ),
+            );
+        }
+
+        let mut pipelines = BTreeMap::new();
+        for (name, pipeline) in &config.pipelines {
+            let parts: Vec<String> =
+                pipeline
+                    .processors
+                    .iter()
+                    .map(|id| format!("processors.{id}={}", config.fingerprint("processors", id)))
+                    .chain(pipeline.exporters.iter().map(|id| {
+                        format!("exporters.{id}={}", config.fingerprint("exporters", id))
+                    }))
+                    .collect();
+            let fingerprint = parts.join("\n");
+            if let Some(old) = current
+                .and_then(|g| g.pipelines.get(name))
+                .filter(|old| old.fingerprint == fingerprint)
+            {
+                let reused = BuiltPipeline {
+                    fingerprint,
+                    chain: old.chain.clone(),
+                    entry: old.entry.clone(),
+                    stop: old.stop.clone(),
+                };
+                pipelines.insert(name.clone(), (true, reused));
+                continue;
+            }
+            let queues = pipeline
+                .exporters
+                .iter()
+                .map(|id| exporters[id].1.queue.clone() as Arc<dyn Consumer>);
+            let mut next = Fanout::of(queues.collect());
+            let stop = base.components.child_token();
+            built
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(stop.clone());
+            let mut chain = Vec::new();
+            for id in pipeline.processors.iter().rev() {
+                let cx = BuildContext {
+                    shutdown: stop.clone(),
+                    ..context(id)
+                };
+                let processor = config.processors[id]
+                    .build(&cx, next)
+                    .await
+                    .map_err(|e| anyhow!("processors.{id} (pipeline {name}): {e}"))?;
+                next = processor.clone();
+                chain.push((id.clone(), processor));
+            }
+            chain.reverse();
+            pipelines.insert(
+                name.clone(),
+                (
+                    false,
+                    BuiltPipeline {
+                        fingerprint,
+                        chain,
+                        entry: next,
+                        stop,
+                    },
+                ),
+            );
+        }
+
+        let mut receivers = BTreeMap::new();
+        for (id, receiver_config) in config
+            .receivers
+            .iter()
+            .filter(|(id, _)| used("receivers", id))
+        {
+            let entries = config
+                .pipelines
+                .iter()
+                .filter(|(_, p)| p.receivers.contains(id))
+                .map(|(name, _)| pipelines[name].1.entry.clone());
+            let target = Fanout::of(entries.collect());
+            let fingerprint = config.fingerprint("receivers", id).to_owned();
+            let unchanged = current
+                .and_then(|g| g.receivers.get(id))
+                .is_some_and(|old| old.fingerprint == fingerprint);
+            let planned = if unchanged {
+                PlannedReceiver::Keep(target)
+            } else {
+                let cx = context(id);
+                let receiver = receiver_config
+                    .build(&cx)
+                    .await
+                    .map_err(|e| anyhow!("receivers.{id}: {e}"))?;
+                PlannedReceiver::New {
+                    fingerprint,
+                    receiver,
+                    target,
+                    stop: cx.shutdown,
+                }
+            };
+            receivers.insert(id.clone(), planned);
+        }
+        Ok(Plan {
+            exporters,
+            pipelines,
+            receivers,
+        })
+    }
+}
+
+impl Graph {
+    /// Puts `plan` to work in place of `previous`: starts its new receivers, points the kept ones
+    /// at the new pipelines, and returns what is left of `previous` to drain.
+    pub fn commit(plan: Plan, mut previous: Graph, base: &Base) -> (Graph, Retired) {
+        let mut graph = Graph::default();
+        let mut retired = Retired {
+            generation: previous.generation.clone(),
+            ..Retired::default()
+        };
+        for (id, planned) in plan.receivers {
+            let running = match planned {
+                PlannedReceiver::Keep(target) => {
+                    let running = previous
+                        .receivers
+                        .remove(&id)
+                        .expect("a kept receiver is running");
+                    running.switch.set(Route {
+                        target,
+                        generation: graph.generation.clone(),
+                    });
+                    running
+                }
+                PlannedReceiver::New {
+                    fingerprint,
+                    receiver,
+                    target,
+                    stop,
+                } => {
+                    retired.receivers.extend(previous.receivers.remove(&id));
+                    let route = Route {
+                        target,
+                        generation: graph.generation.clone(),
+                    };
+                    start(&id, fingerprint, receiver, route, stop, base)
+                }
+            };
+            graph.receivers.insert(id, running);
+        }
+        retired.receivers.extend(previous.receivers.into_values());
+        for (name, (reused, pipeline)) in plan.pipelines {
+            let old = previous.pipelines.remove(&name);
+            if !reused {
+                retired.pipelines.extend(old);
+            }
+            graph.pipelines.insert(name, pipeline);
+        }
+        retired.pipelines.extend(previous.pipelines.into_values());
+        for (id, (reused, exporter)) in plan.exporters {
+            let old = previous.exporters.remove(&id);
+            if !reused {
+                retired.exporters.extend(old);
+            }
+            graph.exporters.insert(id, exporter);
+        }
+        retired.exporters.extend(previous.exporters.into_values());
+        (graph, retired)
+    }
+
+    /// Every processor, each pipeline in order.
+    pub fn processors(&self) -> Vec<(String, Arc<dyn Processor>)> {
+        self.pipelines
+            .values()
+            .flat_map(|p| p.chain.iter().cloned())
+            .collect()
+    }
+
+    pub fn queues(&self) -> Vec<Arc<ExporterQueue>> {
+        self.exporters.values().map(|e| e.queue.clone()).collect()
+    }
+
+    /// Everything, to drain on shutdown.
+    pub fn retire(self) -> Retired {
+        Graph::commit(
+            Plan {
+                exporters: BTreeMap::new(),
+                pipelines: BTreeMap::new(),
+                receivers: BTreeMap::new(),
+            },
+            self,
+            &Base::inert(),
+        )
+        .1
+    }
+}
+
+impl Base {
+    /// For retiring a whole graph, where nothing new is built.
+    fn inert() -> Base {
+        struct Nothing;
+        #[async_trait]
+        impl ServiceControl for Nothing {
+            async fn flush(&self, _: Duration) -> bool {
+                true
+            }
+            fn rate_limit(
+                &self,
+                _: &mcp_metrics_plugin::RequestContext,
+            ) -> Option<mcp_metrics_plugin::RateLimitState> {
+                None
+            }
+            fn health(&self) -> Vec<mcp_metrics_plugin::Problem> {
+                Vec::new()
+            }
+            fn readiness(&self) -> Vec<mcp_metrics_plugin::Problem> {
+                Vec::new()
+            }
+            async fn reload(&self) -> Result<String, String> {
+                Err("not running".into())
+            }
+        }
+        Base {
+            components: CancellationToken::new(),
+            control: Arc::new(Nothing),
+            listeners: Arc::default(),
+            receiver_failures: mpsc::unbounded_channel().0,
+        }
+    }
+}
+
+fn start(
+    id: &str,
+    fingerprint: String,
+    receiver: Box<dyn Receiver>,
+    route: Route,
+    stop: CancellationToken,
+    base: &Base,
+) -> RunningReceiver {
+    let addr = receiver.local_addr();
+    let switch = Arc::new(Switch(RwLock::new(route)));
+    let stop_receiving = CancellationToken::new();
+    let (id, failures, stopping) = (
+        id.to_owned(),
+        base.receiver_failures.clone(),
+        stop_receiving.clone(),
+    );
+    let next = switch.clone();
+    let task = tokio::spawn(async move {
+        let ended = receiver.run(next, stopping.clone()).await;
+        if !stopping.is_cancelled() {
+            let why = ended
+                .err()
+                .map_or_else(|| "stopped".to_owned(), |e| e.to_string());
+            let _ = failures.send((id, why));
+        } else if let Err(error) = ended {
+            tracing::warn!(receiver = %id, %error, "receiver ended with an error");
+        }
+    });
+    RunningReceiver {
+        fingerprint,
+        switch,
+        stop_receiving,
+        stop,
+        task,
+        addr,
+    }
+}
+
+impl Retired {
+    /// Components replaced or removed (a pipeline counts its processors).
+    pub fn count(&self) -> usize {
+        let processors: usize = self.pipelines.iter().map(|p| p.chain.len()).sum();
+        self.receivers.len() + processors + self.exporters.len()
+    }
+
+    /// Stops the receivers (they finish the requests in flight), waits until nothing else sends
+    /// to the pipelines, lets their processors hand on what they hold, then exports everything
+    /// queued at the exporters.
+    pub async fn drain(self) {
+        for receiver in &self.receivers {
+            receiver.stop_receiving.cancel();
+        }
+        for receiver in self.receivers {
+            let _ = receiver.task.await;
+            receiver.stop.cancel();
+        }
+        // A request that took the old way before the switch may still be on it.
+        while Arc::strong_count(&self.generation) > 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for pipeline in self.pipelines {
+            for (_, processor) in &pipeline.chain {
+                processor.shutdown().await;
+            }
+            pipeline.stop.cancel();
+        }
+        for exporter in self.exporters {
+            exporter.queue.drain().await;
+            exporter.stop.cancel();
+        }
+    }
+}
