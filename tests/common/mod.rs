@@ -206,7 +206,7 @@ pub fn mcp_metrics(dir: &Path) -> Command {
 
 /// Spawns the service and waits for the http receiver's address in its log; the log's lines
 /// keep arriving on the returned channel.
-pub fn spawn_service(command: &mut Command) -> (Child, String, mpsc::Receiver<String>) {
+pub fn spawn_service(command: &mut Command) -> (ServiceProcess, String, mpsc::Receiver<String>) {
     let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let (lines, log) = mpsc::channel();
     let stderr = BufReader::new(child.stderr.take().unwrap());
@@ -224,7 +224,7 @@ pub fn spawn_service(command: &mut Command) -> (Child, String, mpsc::Receiver<St
                 .next()
                 .unwrap()
                 .to_owned();
-            return (child, address, log);
+            return (ServiceProcess(child), address, log);
         }
     }
     let _ = child.kill();
@@ -232,12 +232,36 @@ pub fn spawn_service(command: &mut Command) -> (Child, String, mpsc::Receiver<St
     panic!("the service did not log its address");
 }
 
+/// A service process, killed if a test fails before stopping it (an orphan would keep the
+/// test run's output open).
+pub struct ServiceProcess(Child);
+
+impl ServiceProcess {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Sends SIGTERM and returns the exit code.
-pub fn terminate(child: &mut Child) -> i32 {
+pub fn terminate(process: &mut ServiceProcess) -> i32 {
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &process.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    child.wait().unwrap().code().expect("exited, not killed")
+    process
+        .0
+        .wait()
+        .unwrap()
+        .code()
+        .expect("exited, not killed")
 }
