@@ -352,22 +352,8 @@ impl Graph {
             graph.receivers.insert(id, running);
         }
         retired.receivers.extend(previous.receivers.into_values());
-        for (name, (reused, pipeline)) in plan.pipelines {
-            let old = previous.pipelines.remove(&name);
-            if !reused {
-                retired.pipelines.extend(old);
-            }
-            graph.pipelines.insert(name, pipeline);
-        }
-        retired.pipelines.extend(previous.pipelines.into_values());
-        for (id, (reused, exporter)) in plan.exporters {
-            let old = previous.exporters.remove(&id);
-            if !reused {
-                retired.exporters.extend(old);
-            }
-            graph.exporters.insert(id, exporter);
-        }
-        retired.exporters.extend(previous.exporters.into_values());
+        graph.pipelines = take_over(plan.pipelines, previous.pipelines, &mut retired.pipelines);
+        graph.exporters = take_over(plan.exporters, previous.exporters, &mut retired.exporters);
         (graph, retired)
     }
 
@@ -430,6 +416,25 @@ impl Base {
             receiver_failures: mpsc::unbounded_channel().0,
         }
     }
+}
+
+/// The planned components in place of the previous ones; the previous ones not reused go to
+/// `retired`.
+fn take_over<T>(
+    planned: BTreeMap<String, (bool, T)>,
+    mut previous: BTreeMap<String, T>,
+    retired: &mut Vec<T>,
+) -> BTreeMap<String, T> {
+    let mut current = BTreeMap::new();
+    for (id, (reused, component)) in planned {
+        let old = previous.remove(&id);
+        if !reused {
+            retired.extend(old);
+        }
+        current.insert(id, component);
+    }
+    retired.extend(previous.into_values());
+    current
 }
 
 fn start(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 
 fn with_processors(processors: &str, list: &str) -> String {
     format!(
@@ -228,14 +228,7 @@ async fn a_stalled_exporter_pushes_back_and_loses_nothing_when_it_recovers() {
     let key = svc.key("svc").await;
 
     // Another writer holds the database.
-    let mut blocker =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", svc.db_path().display()))
-            .await
-            .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = DatabaseLock::take(&svc.db_path()).await;
 
     let mut acknowledged = 0;
     let mut refused = None;
@@ -265,8 +258,7 @@ async fn a_stalled_exporter_pushes_back_and_loses_nothing_when_it_recovers() {
 
     // Past the busy timeout the export fails and is retried; then the database is free again.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
-    drop(blocker);
+    blocker.release().await;
     assert_eq!(
         svc.rows_eventually("metrics", acknowledged).await,
         acknowledged
@@ -451,13 +443,7 @@ service:
     .await;
     let key = svc.key("svc").await;
     let slow = svc.dir.path().join("slow.db");
-    let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", slow.display()))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = DatabaseLock::take(&slow).await;
     for _ in 0..5 {
         let reply = svc
             .post(Some(&key), &request_of("svc", vec![metric("custom"); 2]))
@@ -466,8 +452,7 @@ service:
     }
     // The healthy exporter has everything while the other is still stuck.
     assert_eq!(svc.rows_eventually("metrics", 10).await, 10);
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
-    drop(blocker);
+    blocker.release().await;
     let slow = mcp_metrics_store::Store::open(&slow).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while slow.row_counts().await.unwrap()["metrics"] < 10 {

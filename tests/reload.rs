@@ -275,16 +275,7 @@ async fn health_and_readiness_name_the_component_in_trouble() {
     assert_eq!(get("/health").await.status, 200);
     assert_eq!(get("/ready").await.body["status"], "ready");
 
-    let mut blocker = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite://{}",
-        svc.db_path().display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = DatabaseLock::take(&svc.db_path()).await;
     assert_eq!(
         svc.post(Some(&key), &request_of("svc", vec![metric("custom"); 10]))
             .await
@@ -326,8 +317,7 @@ async fn health_and_readiness_name_the_component_in_trouble() {
     assert_eq!(unhealthy.status, 503);
     assert_eq!(unhealthy.body["status"], "unhealthy");
 
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
-    drop(blocker);
+    blocker.release().await;
     assert_eq!(svc.rows_eventually("metrics", 10).await, 10);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while get("/health").await.status != 200 {

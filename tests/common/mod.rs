@@ -265,3 +265,23 @@ pub fn terminate(process: &mut ServiceProcess) -> i32 {
         .code()
         .expect("exited, not killed")
 }
+
+/// Another writer holding the database at `path` (as `BEGIN EXCLUSIVE`), until released.
+pub struct DatabaseLock(sqlx::SqliteConnection);
+
+impl DatabaseLock {
+    pub async fn take(path: &Path) -> DatabaseLock {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", path.display());
+        let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        DatabaseLock(connection)
+    }
+
+    pub async fn release(mut self) {
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
+    }
+}
