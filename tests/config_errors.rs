@@ -64,7 +64,7 @@ fn every_problem_is_reported_at_once_with_its_place() {
     assert!(
         unknown
             .message
-            .contains("known types: auth, batch, enrich, rate_limit, validate"),
+            .contains("known types: auth, batch, enrich, filter, rate_limit, validate"),
         "{unknown:?}"
     );
     assert_eq!(unknown.line, Some(7));

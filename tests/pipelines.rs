@@ -120,3 +120,86 @@ async fn a_database_of_the_python_service_opens_with_its_rows_kept() {
         .unwrap();
     assert!(applied >= 1);
 }
+
+#[tokio::test]
+async fn a_filter_routes_auth_metrics_and_the_rest_to_two_files() {
+    let mut svc = TestService::with_config(
+        "
+receivers:
+  http: {host: 127.0.0.1, port: 0}
+processors:
+  auth: {database: '{dir}/metrics.db'}
+  filter/auth: {include: {metric_types: [auth_request]}}
+  filter/rest: {exclude: {metric_types: [auth_request]}}
+exporters:
+  sqlite/auth: {path: '{dir}/auth.db', retention_days: 0}
+  sqlite/rest: {path: '{dir}/rest.db', retention_days: 0}
+service:
+  pipelines:
+    auth: {receivers: [http], processors: [auth, filter/auth], exporters: [sqlite/auth]}
+    rest: {receivers: [http], processors: [auth, filter/rest], exporters: [sqlite/rest]}
+",
+    )
+    .await;
+    let key = svc.key("svc").await;
+    let body = request_of(
+        "svc",
+        vec![
+            metric("auth_request"),
+            metric("tool_execution"),
+            metric("auth_request"),
+            metric("custom"),
+            metric("health_check"),
+        ],
+    );
+    let reply = svc.post(Some(&key), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 5, "filtered is not rejected");
+    svc.shutdown().await;
+    let counts = |file: &'static str| {
+        let path = svc.dir.path().join(file);
+        async move {
+            mcp_metrics_store::Store::open(path)
+                .await
+                .unwrap()
+                .row_counts()
+                .await
+                .unwrap()
+        }
+    };
+    let auth = counts("auth.db").await;
+    assert_eq!(
+        (auth["metrics"], auth["auth_metrics"], auth["tool_metrics"]),
+        (2, 2, 0)
+    );
+    let rest = counts("rest.db").await;
+    assert_eq!(
+        (rest["metrics"], rest["auth_metrics"], rest["tool_metrics"]),
+        (3, 0, 1)
+    );
+}
+
+#[test]
+fn a_filter_with_an_unknown_metric_type_is_a_config_error() {
+    let yaml = "
+receivers: {http: {}}
+processors: {filter: {include: {metric_types: [auth_reqest]}}}
+exporters: {sqlite: {}}
+service: {pipelines: {m: {receivers: [http], processors: [filter], exporters: [sqlite]}}}
+";
+    let errors = mcp_metrics::parse(yaml, "pipelines.yaml", &|_| None)
+        .err()
+        .unwrap()
+        .errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .place
+            .starts_with("processors.filter.include.metric_types"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].message.contains("did you mean `auth_request`?"),
+        "{errors:?}"
+    );
+}

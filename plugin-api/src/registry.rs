@@ -185,9 +185,13 @@ fn decode<T: ComponentConfig>(value: serde_yaml::Value) -> Result<T, Vec<ConfigI
     }
 }
 
-/// serde says "unknown field `pth`, expected one of `path`, ..."; this adds the likely intent.
+/// serde says "unknown field `pth`, expected one of `path`, ..." (or "unknown variant"); this
+/// adds the likely intent.
 pub fn hint_unknown_field(message: &str) -> String {
-    let Some(rest) = message.strip_prefix("unknown field `") else {
+    let Some(rest) = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))
+    else {
         return message.to_owned();
     };
     let Some((unknown, expected)) = rest.split_once('`') else {

@@ -4,5 +4,6 @@
 pub mod auth;
 pub mod batch;
 pub mod enrich;
+pub mod filter;
 pub mod rate_limit;
 pub mod validate;
