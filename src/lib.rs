@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod fanout;
 pub mod graph;
+pub mod probe;
 pub mod queue;
 pub mod service;
 
@@ -16,3 +17,4 @@ pub use service::{ConfigSource, Service};
 use mcp_metrics_exporters as _;
 use mcp_metrics_processors as _;
 use mcp_metrics_receivers as _;
+use mcp_metrics_stdout_exporter as _;

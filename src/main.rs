@@ -34,6 +34,12 @@ enum Command {
     Validate(ConfigArg),
     /// List every component type with its config keys and defaults.
     Components,
+    /// Ask a running service whether it is healthy (exit 0) or not (exit 1), for a container's
+    /// HEALTHCHECK.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8890/health")]
+        url: String,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -108,6 +114,12 @@ fn main() -> ExitCode {
             }
             Command::Run { config, .. } => run(config).await,
             Command::Validate(arg) => validate(arg),
+            Command::Health { url } => {
+                let body = mcp_metrics::probe::probe(&url, std::time::Duration::from_secs(3))
+                    .map_err(|why| anyhow::anyhow!("unhealthy: {why}"))?;
+                println!("{body}");
+                Ok(())
+            }
             Command::Components => {
                 print!("{}", config::describe_components());
                 Ok(())

@@ -67,6 +67,9 @@ fn components_lists_every_built_in_type_with_defaults() {
         "port: 8890",
         "refresh_interval: 2s",
         "queue_size:",
+        "  filter:",
+        "  stdout: prints every batch to standard output (example plugin crate)",
+        "verbosity: basic",
     ] {
         assert!(
             listed.contains(expected),
@@ -116,4 +119,32 @@ async fn run_with_no_flags_serves_the_contract_and_stops_cleanly_on_sigterm() {
     let counts = store.row_counts().await.unwrap();
     assert_eq!(counts["metrics"], accepted);
     assert_eq!(counts["auth_metrics"], accepted);
+}
+
+#[tokio::test]
+async fn the_health_command_tells_a_healthy_service_from_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, address, _log) = spawn_service(
+        mcp_metrics(dir.path())
+            .env("METRICS_SERVICE_HOST", "127.0.0.1")
+            .env("METRICS_SERVICE_PORT", "0"),
+    );
+    let healthy = mcp_metrics(dir.path())
+        .args(["health", "--url", &format!("http://{address}/health")])
+        .output()
+        .unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    assert!(String::from_utf8_lossy(&healthy.stdout).contains("\"healthy\""));
+    assert_eq!(terminate(&mut child), 0);
+
+    let gone = mcp_metrics(dir.path())
+        .args(["health", "--url", &format!("http://{address}/health")])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("unhealthy"));
 }
