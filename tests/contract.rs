@@ -48,7 +48,7 @@ async fn the_contract_example_is_accepted_and_stored() {
         .await
         .unwrap();
     assert_eq!(auth.get::<String, _>("request_id"), request_id);
-    assert_eq!(auth.get::<bool, _>("success"), true);
+    assert!(auth.get::<bool, _>("success"));
     assert_eq!(auth.get::<String, _>("method"), "jwt");
     assert_eq!(auth.get::<String, _>("server"), "mcpgw");
     assert_eq!(auth.get::<String, _>("user_hash"), "user_abc123");
