@@ -13,6 +13,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use mcp_metrics_plugin::{
     Batch, ComponentConfig, Consumer, ExportError, Exporter, Outcome, Refusal, async_trait,
+    telemetry,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -131,11 +132,13 @@ impl ExporterQueue {
                 tokio::spawn(worker.run())
             })
             .collect();
+        let room = Arc::new(Semaphore::new(queue.queue_size));
+        telemetry::queue_started(&id, queue.queue_size, &room);
         Arc::new(ExporterQueue {
             id,
             exporter,
             capacity: queue.queue_size,
-            room: Arc::new(Semaphore::new(queue.queue_size)),
+            room,
             sender: std::sync::Mutex::new(Some(sender)),
             workers: Mutex::new(workers),
         })
@@ -188,6 +191,7 @@ impl Consumer for ExporterQueue {
             .clone()
             .try_acquire_many_owned(size as u32)
             .map_err(|_| {
+                telemetry::exporter_enqueue_failed(&self.id, size);
                 Refusal::unavailable(
                     format!("exporter {} is behind: its queue is full", self.id),
                     1,
@@ -270,6 +274,10 @@ impl Worker {
         } else {
             attempt().await
         };
+        match &result {
+            Ok(()) => telemetry::exporter_sent(&self.id, batch.len()),
+            Err(_) => telemetry::exporter_send_failed(&self.id, batch.len()),
+        }
         if let Err(error) = result {
             tracing::error!(
                 exporter = %self.id,

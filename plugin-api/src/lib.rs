@@ -13,6 +13,7 @@ mod ack;
 mod component;
 mod model;
 mod registry;
+pub mod telemetry;
 
 pub use ack::{Ack, AckReceiver, Delivery};
 pub use component::{
