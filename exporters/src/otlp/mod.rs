@@ -194,37 +194,52 @@ struct Failures {
     last_logged: Option<Instant>,
 }
 
+impl Failures {
+    /// Notes a failed push at `now`; whether it is time to say so.
+    fn failed(&mut self, now: Instant) -> bool {
+        self.count += 1;
+        self.since.get_or_insert(now);
+        let due = self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= REPEAT_FAILURE_LOG);
+        if due {
+            self.last_logged = Some(now);
+        }
+        due
+    }
+
+    /// Notes a push that worked; how many failed before it, if any did.
+    fn succeeded(&mut self) -> Option<u64> {
+        let failed = std::mem::take(self).count;
+        (failed > 0).then_some(failed)
+    }
+}
+
 impl Reporting {
     fn note(&self, result: &OTelSdkResult) {
         telemetry::exporter_push(&self.id, result.is_ok());
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {
-                if failures.count > 0 {
+                if let Some(failed_pushes) = failures.succeeded() {
                     tracing::info!(
                         exporter = %self.id,
                         url = %self.url,
-                        failed_pushes = failures.count,
+                        failed_pushes,
                         "OTLP push works again"
                     );
                 }
-                *failures = Failures::default();
             }
             Err(error) => {
                 let now = Instant::now();
-                failures.count += 1;
-                let since = *failures.since.get_or_insert(now);
-                let due = failures
-                    .last_logged
-                    .is_none_or(|at| now.duration_since(at) >= REPEAT_FAILURE_LOG);
-                if due {
-                    failures.last_logged = Some(now);
+                if failures.failed(now) {
+                    let failing_for = now.duration_since(failures.since.unwrap_or(now));
                     tracing::warn!(
                         exporter = %self.id,
                         url = %self.url,
                         %error,
                         failed_pushes = failures.count,
-                        failing_for = ?now.duration_since(since),
+                        ?failing_for,
                         "OTLP push failed; metrics stay recorded and go with a later push (said again at most every {}s)",
                         REPEAT_FAILURE_LOG.as_secs()
                     );
@@ -260,5 +275,40 @@ impl PushMetricExporter for Reporting {
 
     fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
         self.inner.temporality()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_said_once_then_sparingly_then_on_recovery() {
+        let start = Instant::now();
+        let mut failures = Failures::default();
+        assert!(failures.failed(start), "the first failure is said");
+        let every_second =
+            (1..REPEAT_FAILURE_LOG.as_secs()).map(|s| start + Duration::from_secs(s));
+        let said = every_second.filter(|at| failures.failed(*at)).count();
+        assert_eq!(said, 0, "not again within the repeat interval");
+        assert!(failures.failed(start + REPEAT_FAILURE_LOG));
+        assert_eq!(failures.succeeded(), Some(REPEAT_FAILURE_LOG.as_secs() + 1));
+        assert_eq!(
+            failures.succeeded(),
+            None,
+            "nothing to say when it kept working"
+        );
+        assert!(
+            failures.failed(start + REPEAT_FAILURE_LOG * 2),
+            "a new outage is said"
+        );
+    }
+
+    #[test]
+    fn headers_must_be_valid() {
+        let good = [("Authorization".to_owned(), "Bearer x".to_owned())].into();
+        assert_eq!(header_map(&good).unwrap()["authorization"], "Bearer x");
+        let bad = [("bad header".to_owned(), "x".to_owned())].into();
+        assert!(header_map(&bad).is_err());
     }
 }
