@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use mcp_metrics_plugin::{
     Batch, ComponentConfig, Consumer, ExportError, Exporter, Outcome, Refusal, async_trait,
+    telemetry,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -159,11 +160,13 @@ impl ExporterQueue {
                 tokio::spawn(worker.run())
             })
             .collect();
+        let room = Arc::new(Semaphore::new(queue.queue_size));
+        telemetry::queue_started(&id, queue.queue_size, &room);
         Arc::new(ExporterQueue {
             id,
             exporter,
             capacity: queue.queue_size,
-            room: Arc::new(Semaphore::new(queue.queue_size)),
+            room,
             sender: std::sync::Mutex::new(Some(sender)),
             workers: Mutex::new(workers),
             failing,
@@ -240,6 +243,7 @@ impl Consumer for ExporterQueue {
             .clone()
             .try_acquire_many_owned(size as u32)
             .map_err(|_| {
+                telemetry::exporter_enqueue_failed(&self.id, size);
                 Refusal::unavailable(
                     format!("exporter {} is behind: its queue is full", self.id),
                     1,
@@ -325,8 +329,14 @@ impl Worker {
             attempt().await
         };
         match &result {
-            Ok(()) => self.failing.succeeded(),
-            Err(error) => self.failing.failed(error),
+            Ok(()) => {
+                self.failing.succeeded();
+                telemetry::exporter_sent(&self.id, batch.len());
+            }
+            Err(error) => {
+                self.failing.failed(error);
+                telemetry::exporter_send_failed(&self.id, batch.len());
+            }
         }
         if let Err(error) = result {
             tracing::error!(

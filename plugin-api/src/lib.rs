@@ -14,6 +14,7 @@ mod component;
 mod listeners;
 mod model;
 mod registry;
+pub mod telemetry;
 
 pub use ack::{Ack, AckReceiver, Delivery};
 pub use component::{

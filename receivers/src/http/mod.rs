@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use mcp_metrics_plugin::{
     Ack, Batch, BoxError, BuildContext, CancellationToken, Consumer, Delivery, Outcome, Problem,
-    Receiver, Refusal, Request, RequestContext, ServiceControl, async_trait,
+    Receiver, Refusal, Request, RequestContext, ServiceControl, async_trait, telemetry,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -40,6 +40,7 @@ pub struct HttpReceiver {
 }
 
 struct App {
+    id: String,
     config: HttpConfig,
     next: Arc<dyn Consumer>,
     in_flight: tokio::sync::Semaphore,
@@ -81,6 +82,7 @@ impl Receiver for HttpReceiver {
             usize::try_from(self.config.max_request_size.as_u64()).unwrap_or(usize::MAX);
         let app = Arc::new(App {
             in_flight: tokio::sync::Semaphore::new(self.config.max_concurrent_requests),
+            id: self.id.clone(),
             config: self.config,
             next,
             ops: self.ops,
@@ -129,22 +131,31 @@ async fn post_metrics(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = request_id();
-    match take_metrics(&app, &headers, body, &request_id).await {
-        Ok((total, outcome)) => outcome_reply(total, outcome, &request_id),
+    let (started, mut points) = (std::time::Instant::now(), 0);
+    let reply = match take_metrics(&app, &headers, body, &request_id, &mut points).await {
+        Ok((total, outcome)) => {
+            let rejected = outcome.rejected.len();
+            telemetry::receiver_points(&app.id, total - rejected, rejected);
+            outcome_reply(total, outcome, &request_id)
+        }
         Err(refusal) => {
             tracing::debug!(%request_id, %refusal, "request refused");
+            telemetry::receiver_points(&app.id, 0, points);
             refusal_reply(&refusal, &request_id)
         }
-    }
+    };
+    telemetry::receiver_request(&app.id, reply.status().as_u16(), started.elapsed());
+    reply
 }
 
 /// Decodes the request and hands it to the pipeline; returns how many metrics it had and what
-/// the pipeline said.
+/// the pipeline said. `points` learns how many it had as soon as that is known.
 async fn take_metrics(
     app: &App,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     request_id: &Arc<str>,
+    points: &mut usize,
 ) -> Result<(usize, Outcome), Refusal> {
     let received_at = Utc::now();
     let body = body.map_err(|rejection| {
@@ -159,6 +170,7 @@ async fn take_metrics(
     check_content_type(headers)?;
     let wire = decode_request(&body)?;
     let total = wire.metrics.len();
+    *points = total;
     let limit = app.config.max_metrics_per_request;
     if total > limit {
         return Err(Refusal::new(

@@ -1,0 +1,177 @@
+//! Turning a metric's dimensions, which are user input, into labels that are valid and bounded.
+
+use std::collections::BTreeSet;
+
+use opentelemetry::KeyValue;
+use serde_json::Value;
+
+/// Labels every series has; a dimension of the same name is renamed `exported_<name>`.
+const RESERVED: [&str; 5] = ["service", "metric_type", "le", "quantile", OVERFLOW_LABEL];
+
+/// The label that marks the series where points past the cardinality limit are counted.
+pub const OVERFLOW_LABEL: &str = "otel_metric_overflow";
+
+/// Most dimension labels one series carries; further dimensions (by key order) are left out.
+pub const MAX_DIMENSION_LABELS: usize = 32;
+
+/// Longest label value, in characters; longer values are cut.
+pub const MAX_LABEL_VALUE_CHARS: usize = 256;
+
+/// Which dimensions become labels.
+#[derive(Debug, Clone, Default)]
+pub struct LabelPolicy {
+    /// Only these dimension keys (as the client sends them); `None` takes every key.
+    pub allow: Option<BTreeSet<String>>,
+}
+
+impl LabelPolicy {
+    /// `service`, `metric_type`, then the allowed dimensions sorted by key, each named as a
+    /// valid Prometheus label and valued as text. Null dimensions are left out.
+    pub fn labels(
+        &self,
+        service: &str,
+        metric_type: &str,
+        dimensions: &serde_json::Map<String, Value>,
+    ) -> Vec<KeyValue> {
+        let mut labels = vec![
+            KeyValue::new("service", service.to_owned()),
+            KeyValue::new("metric_type", metric_type.to_owned()),
+        ];
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        let mut keys: Vec<&String> = dimensions.keys().collect();
+        keys.sort();
+        for key in keys {
+            if names.len() == MAX_DIMENSION_LABELS {
+                break;
+            }
+            if self
+                .allow
+                .as_ref()
+                .is_some_and(|allow| !allow.contains(key))
+            {
+                continue;
+            }
+            let Some(value) = label_value(&dimensions[key]) else {
+                continue;
+            };
+            let Some(name) = label_name(key) else {
+                continue;
+            };
+            // Two keys that sanitise alike ("a.b", "a-b"): the first in key order wins.
+            if names.insert(name.clone()) {
+                labels.push(KeyValue::new(name, value));
+            }
+        }
+        labels
+    }
+}
+
+/// A valid Prometheus label name for a dimension key: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting
+/// with the reserved `__`, and not one of the labels every series has. `None` for an empty key.
+pub fn label_name(key: &str) -> Option<String> {
+    let mut name: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if name.is_empty() {
+        return None;
+    }
+    if name.starts_with("__") {
+        name = format!("_{}", name.trim_start_matches('_'));
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    if RESERVED.contains(&name.as_str()) {
+        name = format!("exported_{name}");
+    }
+    Some(name)
+}
+
+/// A dimension's value as label text: strings as they are, booleans and numbers as JSON writes
+/// them (`true`, `1024`, `0.5`), arrays and objects as compact JSON; null has no label.
+pub fn label_value(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::Null => return None,
+        Value::String(text) => text.clone(),
+        Value::Bool(flag) => flag.to_string(),
+        Value::Number(number) => number.to_string(),
+        other => other.to_string(),
+    };
+    Some(match text.char_indices().nth(MAX_LABEL_VALUE_CHARS) {
+        Some((cut, _)) => text[..cut].to_owned(),
+        None => text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pairs(labels: &[KeyValue]) -> Vec<(String, String)> {
+        labels
+            .iter()
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn names_are_made_valid() {
+        assert_eq!(label_name("server.name").unwrap(), "server_name");
+        assert_eq!(label_name("http-status").unwrap(), "http_status");
+        assert_eq!(label_name("2fa").unwrap(), "_2fa");
+        assert_eq!(label_name("__name__").unwrap(), "_name__");
+        assert_eq!(label_name("naïve").unwrap(), "na_ve");
+        assert_eq!(label_name("service").unwrap(), "exported_service");
+        assert_eq!(label_name("le").unwrap(), "exported_le");
+        assert_eq!(label_name(""), None);
+    }
+
+    #[test]
+    fn values_of_every_json_type() {
+        assert_eq!(label_value(&json!("jwt")).unwrap(), "jwt");
+        assert_eq!(label_value(&json!(true)).unwrap(), "true");
+        assert_eq!(label_value(&json!(1024)).unwrap(), "1024");
+        assert_eq!(label_value(&json!(0.5)).unwrap(), "0.5");
+        assert_eq!(label_value(&json!([1, "a"])).unwrap(), r#"[1,"a"]"#);
+        assert_eq!(label_value(&json!(null)), None);
+        let long = "é".repeat(MAX_LABEL_VALUE_CHARS + 10);
+        assert_eq!(
+            label_value(&json!(long)).unwrap().chars().count(),
+            MAX_LABEL_VALUE_CHARS
+        );
+    }
+
+    #[test]
+    fn labels_follow_the_policy() {
+        let dimensions = json!({"success": true, "method": "jwt", "user_hash": "u1", "none": null, "a.b": 1, "a-b": 2});
+        let dimensions = dimensions.as_object().unwrap();
+        let all = LabelPolicy::default().labels("auth", "auth_request", dimensions);
+        assert_eq!(
+            pairs(&all),
+            [
+                ("service", "auth"),
+                ("metric_type", "auth_request"),
+                ("a_b", "2"),
+                ("method", "jwt"),
+                ("success", "true"),
+                ("user_hash", "u1"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let allow = LabelPolicy {
+            allow: Some(["method".to_owned(), "success".to_owned()].into()),
+        };
+        let some = allow.labels("auth", "auth_request", dimensions);
+        assert_eq!(some.len(), 4);
+    }
+
+    #[test]
+    fn the_number_of_dimension_labels_is_bounded() {
+        let dimensions: serde_json::Map<String, Value> =
+            (0..100).map(|i| (format!("k{i:03}"), json!(i))).collect();
+        let labels = LabelPolicy::default().labels("s", "custom", &dimensions);
+        assert_eq!(labels.len(), 2 + MAX_DIMENSION_LABELS);
+    }
+}

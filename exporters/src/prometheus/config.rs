@@ -1,0 +1,89 @@
+use std::collections::BTreeSet;
+
+use mcp_metrics_plugin::{
+    BoxError, BuildContext, ComponentConfig, Exporter, ExporterConfig, ExporterRegistration,
+    async_trait, inventory,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::otel::{Buckets, LabelPolicy, RecorderSettings};
+
+use super::PrometheusExporter;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// Serve the scrape endpoint; when false the exporter takes batches and does nothing.
+    pub enabled: bool,
+    /// The address to listen on.
+    pub host: String,
+    /// The port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// The path of the scrape endpoint.
+    pub path: String,
+    /// Upper bounds of the duration histograms' buckets, in seconds: a list, or text of
+    /// comma-separated numbers (`HISTOGRAM_BUCKET_BOUNDARIES`); null for the default 0.005 … 300.
+    pub histogram_buckets: Buckets,
+    /// The dimension keys that become labels; null for every key.
+    pub dimension_keys: Option<BTreeSet<String>>,
+    /// Most series (label sets) per metric type; points that would make more are counted in one
+    /// overflow series (`otel_metric_overflow="true"`) and in a self-metric.
+    pub cardinality_limit: usize,
+    /// Also show the service's own telemetry (receivers, queues, exporters) on this endpoint.
+    pub self_telemetry: bool,
+    /// The resource's `service.name`, shown as `target_info{service_name=...}`.
+    pub service_name: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enabled: true,
+            host: "0.0.0.0".into(),
+            port: 9465,
+            path: "/metrics".into(),
+            histogram_buckets: Buckets::default(),
+            dimension_keys: None,
+            cardinality_limit: 1000,
+            self_telemetry: true,
+            service_name: "mcp-metrics-service".into(),
+        }
+    }
+}
+
+impl PrometheusConfig {
+    pub fn recorder_settings(&self) -> RecorderSettings {
+        RecorderSettings {
+            buckets: self.histogram_buckets.clone(),
+            labels: LabelPolicy {
+                allow: self.dimension_keys.clone(),
+            },
+            cardinality_limit: self.cardinality_limit,
+        }
+    }
+}
+
+impl ComponentConfig for PrometheusConfig {
+    fn validate(&self) -> Vec<String> {
+        let mut problems = self.histogram_buckets.problems("histogram_buckets");
+        if !self.path.starts_with('/') {
+            problems.push("path: must start with /".into());
+        }
+        if self.cardinality_limit == 0 || self.cardinality_limit > 1_000_000 {
+            problems.push("cardinality_limit: must be from 1 to 1000000".into());
+        }
+        problems
+    }
+}
+
+#[async_trait]
+impl ExporterConfig for PrometheusConfig {
+    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
+        Ok(Box::new(PrometheusExporter::start(cx, self).await?))
+    }
+}
+
+inventory::submit!(ExporterRegistration::of::<PrometheusConfig>(
+    "prometheus",
+    "serves a Prometheus scrape endpoint: per metric type a counter and a duration histogram, and the service's own telemetry"
+));

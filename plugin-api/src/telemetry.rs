@@ -1,0 +1,250 @@
+//! The service's own telemetry, in the manner of the OpenTelemetry Collector's: how many metric
+//! points each receiver accepted or refused, how many each exporter sent or failed to send, how
+//! full each exporter's queue is, and how long requests took. Specified once here for every
+//! component; the engine and the components call the plain functions below.
+//!
+//! The numbers are kept in OpenTelemetry instruments, but not on the process-global meter
+//! provider: an exporter that shows the service's telemetry (the `prometheus` exporter, on its
+//! scrape endpoint) [`attach`]es its own meter, and every recording goes to every meter attached at
+//! the time. So two scrape endpoints both show it, an exporter that stops takes its instruments
+//! with it, and while none is attached recording costs a read lock and nothing else.
+//!
+//! Names (as a Prometheus scrape shows them, `_total` added to counters, `_seconds` to durations):
+//! - `mcp_metrics_receiver_accepted_metric_points_total{receiver}`
+//! - `mcp_metrics_receiver_refused_metric_points_total{receiver}`
+//! - `mcp_metrics_receiver_request_duration_seconds{receiver, status_code}` (histogram)
+//! - `mcp_metrics_exporter_sent_metric_points_total{exporter}`
+//! - `mcp_metrics_exporter_send_failed_metric_points_total{exporter}`
+//! - `mcp_metrics_exporter_enqueue_failed_metric_points_total{exporter}`
+//! - `mcp_metrics_exporter_queue_size{exporter}`, `mcp_metrics_exporter_queue_capacity{exporter}`
+//! - `mcp_metrics_exporter_cardinality_overflow_metric_points_total{exporter, metric_type}`
+//! - `mcp_metrics_exporter_pushes_total{exporter, outcome}` (`success`/`failure`; push exporters)
+//! - `mcp_metrics_rate_limited_requests_total{service}`
+
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
+use tokio::sync::Semaphore;
+
+/// Bucket bounds of the request duration histogram, in seconds.
+const REQUEST_DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Instruments on one attached meter.
+struct Instruments {
+    id: u64,
+    receiver_accepted: Counter<u64>,
+    receiver_refused: Counter<u64>,
+    request_duration: Histogram<f64>,
+    exporter_sent: Counter<u64>,
+    exporter_send_failed: Counter<u64>,
+    exporter_enqueue_failed: Counter<u64>,
+    cardinality_overflow: Counter<u64>,
+    pushes: Counter<u64>,
+    rate_limited: Counter<u64>,
+    _queue_size: ObservableGauge<u64>,
+    _queue_capacity: ObservableGauge<u64>,
+}
+
+/// An exporter queue whose fill the gauges read when collected.
+struct QueueEntry {
+    exporter: String,
+    capacity: usize,
+    room: Weak<Semaphore>,
+}
+
+static SINKS: RwLock<Vec<Arc<Instruments>>> = RwLock::new(Vec::new());
+static QUEUES: Mutex<Vec<QueueEntry>> = Mutex::new(Vec::new());
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// While it lives, the service's telemetry is recorded on the meter it was attached with.
+#[must_use = "the telemetry is detached when the guard is dropped"]
+pub struct TelemetryGuard {
+    id: u64,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        let mut sinks = SINKS.write().unwrap_or_else(|e| e.into_inner());
+        sinks.retain(|sink| sink.id != self.id);
+    }
+}
+
+/// Records the service's telemetry on `meter` too, from now until the guard is dropped.
+pub fn attach(meter: &Meter) -> TelemetryGuard {
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let counter = |name: &'static str, description: &'static str| {
+        meter
+            .u64_counter(name)
+            .with_description(description)
+            .build()
+    };
+    let instruments = Instruments {
+        id,
+        receiver_accepted: counter(
+            "mcp_metrics_receiver_accepted_metric_points",
+            "Metric points a receiver took and handed to its pipelines",
+        ),
+        receiver_refused: counter(
+            "mcp_metrics_receiver_refused_metric_points",
+            "Metric points a receiver could not take: rejected alone or in a refused request",
+        ),
+        request_duration: meter
+            .f64_histogram("mcp_metrics_receiver_request_duration")
+            .with_description("Time from receiving a request to answering it")
+            .with_unit("s")
+            .with_boundaries(REQUEST_DURATION_BUCKETS.to_vec())
+            .build(),
+        exporter_sent: counter(
+            "mcp_metrics_exporter_sent_metric_points",
+            "Metric points an exporter delivered",
+        ),
+        exporter_send_failed: counter(
+            "mcp_metrics_exporter_send_failed_metric_points",
+            "Metric points an exporter gave up on after its retries",
+        ),
+        exporter_enqueue_failed: counter(
+            "mcp_metrics_exporter_enqueue_failed_metric_points",
+            "Metric points refused because the exporter's queue was full",
+        ),
+        cardinality_overflow: counter(
+            "mcp_metrics_exporter_cardinality_overflow_metric_points",
+            "Metric points whose labels would have passed the series limit; counted in the overflow series instead",
+        ),
+        pushes: counter(
+            "mcp_metrics_exporter_pushes",
+            "Pushes of a push exporter (OTLP) to its endpoint, by outcome",
+        ),
+        rate_limited: counter(
+            "mcp_metrics_rate_limited_requests",
+            "Requests refused over the rate limit of the key's service",
+        ),
+        _queue_size: meter
+            .u64_observable_gauge("mcp_metrics_exporter_queue_size")
+            .with_description("Metric points waiting for or in export")
+            .with_callback(|observer| {
+                for_each_queue(|exporter, capacity, free| {
+                    let used = capacity.saturating_sub(free) as u64;
+                    observer.observe(used, &[KeyValue::new("exporter", exporter.to_owned())]);
+                })
+            })
+            .build(),
+        _queue_capacity: meter
+            .u64_observable_gauge("mcp_metrics_exporter_queue_capacity")
+            .with_description("Most metric points an exporter's queue holds")
+            .with_callback(|observer| {
+                for_each_queue(|exporter, capacity, _| {
+                    let attributes = [KeyValue::new("exporter", exporter.to_owned())];
+                    observer.observe(capacity as u64, &attributes);
+                })
+            })
+            .build(),
+    };
+    SINKS
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Arc::new(instruments));
+    TelemetryGuard { id }
+}
+
+fn each(record: impl Fn(&Instruments)) {
+    let sinks = SINKS.read().unwrap_or_else(|e| e.into_inner());
+    for sink in sinks.iter() {
+        record(sink);
+    }
+}
+
+fn for_each_queue(mut observe: impl FnMut(&str, usize, usize)) {
+    let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
+    queues.retain(|queue| queue.room.strong_count() > 0);
+    for queue in queues.iter() {
+        if let Some(room) = queue.room.upgrade() {
+            observe(&queue.exporter, queue.capacity, room.available_permits());
+        }
+    }
+}
+
+/// An exporter's queue was made: its fill is read from the permits left in `room`.
+pub fn queue_started(exporter: &str, capacity: usize, room: &Arc<Semaphore>) {
+    let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
+    queues.retain(|queue| queue.room.strong_count() > 0);
+    queues.push(QueueEntry {
+        exporter: exporter.to_owned(),
+        capacity,
+        room: Arc::downgrade(room),
+    });
+}
+
+/// A receiver answered a request: how many of its metric points were taken and how many not.
+pub fn receiver_points(receiver: &str, accepted: usize, refused: usize) {
+    if accepted == 0 && refused == 0 {
+        return;
+    }
+    let attributes = [KeyValue::new("receiver", receiver.to_owned())];
+    each(|sink| {
+        if accepted > 0 {
+            sink.receiver_accepted.add(accepted as u64, &attributes);
+        }
+        if refused > 0 {
+            sink.receiver_refused.add(refused as u64, &attributes);
+        }
+    });
+}
+
+/// A receiver answered a request with `status` after `elapsed`.
+pub fn receiver_request(receiver: &str, status: u16, elapsed: Duration) {
+    let attributes = [
+        KeyValue::new("receiver", receiver.to_owned()),
+        KeyValue::new("status_code", i64::from(status)),
+    ];
+    each(|sink| {
+        sink.request_duration
+            .record(elapsed.as_secs_f64(), &attributes)
+    });
+}
+
+/// An exporter delivered `points` metric points.
+pub fn exporter_sent(exporter: &str, points: usize) {
+    let attributes = [KeyValue::new("exporter", exporter.to_owned())];
+    each(|sink| sink.exporter_sent.add(points as u64, &attributes));
+}
+
+/// An exporter gave up on `points` metric points.
+pub fn exporter_send_failed(exporter: &str, points: usize) {
+    let attributes = [KeyValue::new("exporter", exporter.to_owned())];
+    each(|sink| sink.exporter_send_failed.add(points as u64, &attributes));
+}
+
+/// An exporter's queue had no room for `points` metric points.
+pub fn exporter_enqueue_failed(exporter: &str, points: usize) {
+    let attributes = [KeyValue::new("exporter", exporter.to_owned())];
+    each(|sink| sink.exporter_enqueue_failed.add(points as u64, &attributes));
+}
+
+/// An exporter folded `points` metric points of `metric_type` into its overflow series because
+/// their labels would have made a series past its limit.
+pub fn cardinality_overflow(exporter: &str, metric_type: &str, points: usize) {
+    let attributes = [
+        KeyValue::new("exporter", exporter.to_owned()),
+        KeyValue::new("metric_type", metric_type.to_owned()),
+    ];
+    each(|sink| sink.cardinality_overflow.add(points as u64, &attributes));
+}
+
+/// A push exporter pushed to its endpoint, successfully or not.
+pub fn exporter_push(exporter: &str, success: bool) {
+    let attributes = [
+        KeyValue::new("exporter", exporter.to_owned()),
+        KeyValue::new("outcome", if success { "success" } else { "failure" }),
+    ];
+    each(|sink| sink.pushes.add(1, &attributes));
+}
+
+/// A request of the key of `service` was refused over its rate limit.
+pub fn rate_limited(service: &str) {
+    let attributes = [KeyValue::new("service", service.to_owned())];
+    each(|sink| sink.rate_limited.add(1, &attributes));
+}
