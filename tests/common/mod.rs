@@ -194,12 +194,14 @@ pub fn metric(metric_type: &str) -> Value {
     json!({"type": metric_type, "value": 1.0, "duration_ms": 12.5, "dimensions": {"k": "v"}})
 }
 
-/// The `mcp-metrics` binary, run in `dir`, with no database path from the environment.
+/// The `mcp-metrics` binary, run in `dir`, with no database path from the environment and the
+/// scrape endpoint on a free port (tests run side by side).
 pub fn mcp_metrics(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mcp-metrics"));
     command
         .current_dir(dir)
         .env_remove("SQLITE_DB_PATH")
+        .env("OTEL_PROMETHEUS_PORT", "0")
         .env("RUST_LOG", "info");
     command
 }
