@@ -46,6 +46,8 @@ pub struct Service {
     settings: ServiceSettings,
     reloads: mpsc::Receiver<ReloadRequest>,
     receiver_failures: mpsc::UnboundedReceiver<(String, String)>,
+    /// The config text last read, to tell when a watched file changes.
+    text: String,
 }
 
 impl Service {
@@ -93,6 +95,7 @@ impl Service {
             settings: config.settings,
             reloads,
             receiver_failures,
+            text: config.text,
         })
     }
 
@@ -119,6 +122,7 @@ impl Service {
             );
         };
         let (text, name) = source.read()?;
+        self.text.clone_from(&text);
         let config = config::parse(&text, &name, &|var| std::env::var(var).ok())
             .map_err(|e| e.to_string())?;
         let plan = Plan::build(&config, Some(&self.graph), &self.base)
@@ -154,11 +158,6 @@ impl Service {
     pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
         let mut signals = Signals::new()?;
         let mut watch = tokio::time::interval(self.settings.watch_interval);
-        let mut last_text = self
-            .source
-            .as_ref()
-            .and_then(|s| s.read().ok())
-            .map(|(text, _)| text);
         loop {
             tokio::select! {
                 signal = signals.next() => match signal {
@@ -174,9 +173,8 @@ impl Service {
                     let _ = reply.send(result);
                 }
                 _ = watch.tick(), if self.settings.watch_config => {
-                    let text = self.source.as_ref().and_then(|s| s.read().ok()).map(|(text, _)| text);
-                    if text.is_some() && text != last_text {
-                        last_text = text;
+                                        let text = self.source.as_ref().and_then(|s| s.read().ok()).map(|(text, _)| text);
+                    if text.is_some_and(|text| text != self.text) {
                         self.reload_and_log("config file changed").await;
                     }
                 }

@@ -443,7 +443,7 @@ async fn the_default_config_serves_the_endpoint_on_the_configured_port() {
     let mut svc = default_config_with(&[
         ("OTEL_PROMETHEUS_PORT", "0"),
         ("HISTOGRAM_BUCKET_BOUNDARIES", "0.05,0.5,5"),
-                ("OTEL_SERVICE_NAME", "metrics-under-test"),
+        ("OTEL_SERVICE_NAME", "metrics-under-test"),
         // The default batch holds metrics up to 30 s; hand each on at once here.
         ("BATCH_SIZE", "1"),
     ])

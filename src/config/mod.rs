@@ -33,6 +33,8 @@ pub struct ServiceConfig {
     /// Each component's settings as written (environment substituted), by `section.id`: a reload
     /// rebuilds a component only if its fingerprint changed.
     pub fingerprints: BTreeMap<String, String>,
+    /// The text it was read from, to tell when a watched file changes.
+    pub text: String,
 }
 
 impl ServiceConfig {
@@ -260,6 +262,7 @@ impl Checker<'_> {
             settings,
             warnings,
             fingerprints: std::mem::take(&mut self.fingerprints),
+            text: self.text.to_owned(),
         })
     }
 
