@@ -15,6 +15,7 @@ receivers:
   http: {host: 127.0.0.1, port: 0, acknowledgements: true}
 processors:
   auth: {database: '{dir}/metrics.db', refresh_interval: 200ms}
+  rate_limit: {}
   validate: {}
 exporters:
   sqlite:
@@ -23,7 +24,7 @@ exporters:
   prometheus: {host: 127.0.0.1, port: 0}
 service:
   pipelines:
-    metrics: {receivers: [http], processors: [auth, validate], exporters: [sqlite, prometheus]}
+    metrics: {receivers: [http], processors: [auth, rate_limit, validate], exporters: [sqlite, prometheus]}
 ";
     let mut svc = TestService::with_config(yaml).await;
     let key = svc.key("auth-server").await;
@@ -118,5 +119,32 @@ service:
         .unwrap();
     let scraped = exposition::parse(&text);
     assert_eq!(scraped.value(refused, &http), Some(3.0 + 501.0), "{text}");
+
+    // Requests over a key's limit are counted by the key's service.
+    let store = svc.store().await;
+    let (_, limited) = store
+        .create_key("limited-service", Some(1), false)
+        .await
+        .unwrap();
+    let body = request_of("claims-another-name", vec![metric("custom")]);
+    assert_eq!(svc.post(Some(&limited), &body).await.status, 200);
+    assert_eq!(svc.post(Some(&limited), &body).await.status, 429);
+    assert_eq!(svc.post(Some(&limited), &body).await.status, 429);
+    let text = svc
+        .client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scraped = exposition::parse(&text);
+    let rate_limited = "mcp_metrics_rate_limited_requests_total";
+    assert_eq!(
+        scraped.value(rate_limited, &[("service", "limited-service")]),
+        Some(2.0),
+        "{text}"
+    );
     svc.shutdown().await;
 }

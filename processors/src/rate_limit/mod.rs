@@ -19,6 +19,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use mcp_metrics_plugin::{
     Batch, Consumer, Outcome, Processor, RateLimitState, Refusal, RequestContext, async_trait,
+    telemetry,
 };
 
 pub struct RateLimitProcessor {
@@ -69,6 +70,12 @@ impl Consumer for RateLimitProcessor {
             let verdict = self.check(&request.context);
             headers = verdict.headers();
             if !verdict.allowed {
+                let service = request
+                    .context
+                    .key
+                    .as_ref()
+                    .map_or(&request.context.service, |k| &k.service_name);
+                telemetry::rate_limited(service);
                 let mut refusal = Refusal::new(
                     429,
                     "rate_limit_exceeded",
