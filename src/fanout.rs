@@ -11,7 +11,8 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// One consumer needs no fan-out.
+    /// One consumer needs no fan-out; none takes batches and drops them (every exporter of the
+    /// pipeline is switched off).
     pub fn of(mut consumers: Vec<Arc<dyn Consumer>>) -> Arc<dyn Consumer> {
         if consumers.len() == 1 {
             consumers.remove(0)
@@ -23,12 +24,30 @@ impl Fanout {
 
 #[async_trait]
 impl Consumer for Fanout {
-    /// Every consumer gets its own copy (processors change what they get). The request is refused
-    /// if any consumer refuses it: the client will send it again, so a consumer that took it may
-    /// see it twice (at-least-once), but none misses it.
+    fn has_room(&self, metrics: usize) -> bool {
+        self.consumers.iter().all(|c| c.has_room(metrics))
+    }
+
+    /// Every consumer gets its own copy (processors change what they get). A consumer without room
+    /// refuses the batch before any has it. If one still refuses (its room went in between), the
+    /// request is refused: the client sends it again, so a consumer that took it may see it twice
+    /// (at-least-once), but none misses it.
     async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
-        let results = join_all(self.consumers.iter().map(|c| c.consume(batch.clone()))).await;
-        drop(batch);
+        let size = batch.len();
+        if !self.has_room(size) {
+            // Refused before any branch has it, so offering it again duplicates nothing.
+            return Err(Refusal::unavailable(
+                "an exporter is behind: its queue is full",
+                1,
+            ));
+        }
+        // Copies for all but the last, which takes the batch itself.
+        let mut copies: Vec<Batch> = Vec::with_capacity(self.consumers.len());
+        if let Some(others) = self.consumers.len().checked_sub(1) {
+            copies.extend(std::iter::repeat_n(&batch, others).cloned());
+            copies.push(batch);
+        }
+        let results = join_all(self.consumers.iter().zip(copies).map(|(c, b)| c.consume(b))).await;
         let mut outcome = Outcome::default();
         for result in results {
             outcome.merge(result?);

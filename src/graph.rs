@@ -237,7 +237,9 @@ impl Plan {
             let queues = pipeline
                 .exporters
                 .iter()
-                .map(|id| exporters[id].1.queue.clone() as Arc<dyn Consumer>);
+                .map(|id| &exporters[id].1.queue)
+                .filter(|queue| queue.exporter().is_enabled())
+                .map(|queue| queue.clone() as Arc<dyn Consumer>);
             let mut next = Fanout::of(queues.collect());
             let stop = base.components.child_token();
             built

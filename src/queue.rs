@@ -33,7 +33,7 @@ pub struct QueueSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
-            queue_size: 100_000,
+            queue_size: 5_000,
             num_consumers: 1,
             batch_max_size: 5_000,
         }
@@ -223,6 +223,12 @@ impl ExporterQueue {
 
 #[async_trait]
 impl Consumer for ExporterQueue {
+    fn has_room(&self, metrics: usize) -> bool {
+        // A batch larger than the whole queue is not a matter of waiting: `consume` refuses it
+        // for good (413), which no client sends again.
+        metrics > self.capacity || self.room.available_permits() >= metrics
+    }
+
     async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
         let size = batch.len();
         if size == 0 {

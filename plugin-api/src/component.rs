@@ -16,6 +16,13 @@ pub trait Consumer: Send + Sync {
     /// Takes the batch on, or refuses it as a whole. Once this returns `Ok`, the batch is the
     /// consumer's responsibility: it must reach the exporters or be counted as failed.
     async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal>;
+
+    /// Whether it has room for `metrics` more right now. A fan-out asks every branch before
+    /// giving the batch to any, so that a full branch does not make the others see it twice
+    /// when the batch is offered again.
+    fn has_room(&self, _metrics: usize) -> bool {
+        true
+    }
 }
 
 /// A step of a pipeline: it transforms, judges or holds batches and hands them to the next consumer
@@ -96,6 +103,12 @@ pub trait Exporter: Send + Sync {
     /// The address it serves on, for exporters that are scraped.
     fn local_addr(&self) -> Option<SocketAddr> {
         None
+    }
+
+    /// False when its config switched it off (no endpoint, `enabled: false`): the engine then
+    /// sends it nothing, rather than copying every batch into a queue for nothing.
+    fn is_enabled(&self) -> bool {
+        true
     }
 }
 

@@ -31,6 +31,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// The one connection metric rows are written through: SQLite takes one writer at a time
+    /// anyway, and a connection of its own keeps its page cache warm between batches.
+    writer: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>>,
     path: PathBuf,
 }
 
@@ -80,6 +83,7 @@ impl Store {
             .with_context(|| format!("cannot migrate database {}", path.display()))?;
         let store = Arc::new(Store {
             pool,
+            writer: tokio::sync::Mutex::new(None),
             path: canonical.clone(),
         });
         let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,6 +101,12 @@ impl Store {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Closes every connection, the writer's included.
+    pub async fn close(&self) {
+        self.writer.lock().await.take();
+        self.pool.close().await;
     }
 
     pub fn path(&self) -> &Path {

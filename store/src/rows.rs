@@ -171,16 +171,35 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool().begin().await?;
-        insert(&mut tx, &METRICS, rows.iter()).await?;
-        for table in [&AUTH_METRICS, &DISCOVERY_METRICS, &TOOL_METRICS] {
-            let typed = rows.iter().filter(|row| {
-                typed_table(row.metric.metric_type).is_some_and(|t| t.name == table.name)
-            });
-            insert(&mut tx, table, typed).await?;
+        let mut writer = self.writer.lock().await;
+        let connection = match writer.as_mut() {
+            Some(connection) => connection,
+            None => writer.insert(self.pool().acquire().await?),
+        };
+        let written = write_rows(connection, &rows).await;
+        if written.is_err() {
+            // The connection may be what failed: take a fresh one next time.
+            *writer = None;
         }
-        tx.commit().await
+        written
     }
+}
+
+/// Every row into `metrics`, the typed ones also into their table, in one transaction.
+async fn write_rows(
+    connection: &mut SqliteConnection,
+    rows: &[Row<'_>],
+) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut tx = connection.begin().await?;
+    insert(&mut tx, &METRICS, rows.iter()).await?;
+    for table in [&AUTH_METRICS, &DISCOVERY_METRICS, &TOOL_METRICS] {
+        let typed = rows.iter().filter(|row| {
+            typed_table(row.metric.metric_type).is_some_and(|t| t.name == table.name)
+        });
+        insert(&mut tx, table, typed).await?;
+    }
+    tx.commit().await
 }
 
 async fn insert<'a>(

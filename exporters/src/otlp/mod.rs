@@ -157,6 +157,10 @@ pub(crate) fn header_map(
 
 #[async_trait]
 impl Exporter for OtlpExporter {
+    fn is_enabled(&self) -> bool {
+        self.running.is_some()
+    }
+
     async fn export(&self, batch: &Batch) -> Result<(), ExportError> {
         if let Some(running) = &self.running {
             running.recorder.record(batch);

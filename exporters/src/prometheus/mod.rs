@@ -47,8 +47,10 @@ impl PrometheusExporter {
             return Ok(PrometheusExporter { running: None });
         }
         let address = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind(&address)
-            .await
+        let listener = cx
+            .listeners
+            .bind(&cx.id, &address)
+            .and_then(TcpListener::from_std)
             .map_err(|e| format!("cannot listen on {address}: {e}"))?;
         let addr = listener.local_addr()?;
 
@@ -115,6 +117,10 @@ async fn scrape(State(registry): State<prometheus::Registry>) -> Response {
 
 #[async_trait]
 impl Exporter for PrometheusExporter {
+    fn is_enabled(&self) -> bool {
+        self.running.is_some()
+    }
+
     async fn export(&self, batch: &Batch) -> Result<(), ExportError> {
         if let Some(running) = &self.running {
             running.recorder.record(batch);

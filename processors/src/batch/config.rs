@@ -30,7 +30,7 @@ impl Default for BatchConfig {
             send_batch_size: 100,
             timeout: Duration::from_secs(30),
             send_batch_max_size: 0,
-            queue_size: 100_000,
+            queue_size: 5_000,
         }
     }
 }

@@ -40,7 +40,7 @@ impl Default for HttpConfig {
             host: "0.0.0.0".into(),
             port: 8890,
             max_request_size: ByteSize::mib(10),
-            max_metrics_per_request: 10_000,
+            max_metrics_per_request: 5_000,
             max_concurrent_requests: 256,
             acknowledgements: false,
             acknowledgement_timeout: Duration::from_secs(30),

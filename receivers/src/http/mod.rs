@@ -54,7 +54,7 @@ impl HttpReceiver {
         let address = format!("{}:{}", config.host, config.port);
         let listener = cx
             .listeners
-            .bind(&address)
+            .bind(&cx.id, &address)
             .and_then(TcpListener::from_std)
             .map_err(|e| format!("cannot listen on {address}: {e}"))?;
         let ops = match &config.database {

@@ -1,0 +1,108 @@
+//! Driving `POST /metrics` from many connections for a set time, timing every request.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::{Options, RunFigures, workload};
+
+/// Load on `url` (the service's base URL) with `batch` metrics per request; `during` runs beside
+/// it (server sampling) and is awaited at the end.
+pub async fn drive(
+    url: &str,
+    key: &str,
+    batch: usize,
+    options: &Options,
+    during: Option<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<RunFigures> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.connections)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let endpoint = format!("{url}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(options.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for connection in 0..options.connections {
+        let (client, endpoint, key) = (client.clone(), endpoint.clone(), key.to_owned());
+        // A few bodies per connection, so rows differ a little; made before the clock runs.
+        let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+            (0..4)
+                .map(|i| workload::body(batch, connection * 7 + i))
+                .collect(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latency =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+            let mut accepted = 0u64;
+            let mut sent = 0usize;
+            while Instant::now() < deadline {
+                let body = bodies[sent % bodies.len()].clone();
+                sent += 1;
+                let began = Instant::now();
+                let reply = client
+                    .post(&endpoint)
+                    .header("X-API-Key", &key)
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match reply {
+                    Ok(reply) => {
+                        let status = reply.status().as_u16();
+                        let text = reply.bytes().await.unwrap_or_default();
+                        let _ = latency.record(began.elapsed().as_micros() as u64);
+                        if status == 200 {
+                            let reply: serde_json::Value =
+                                serde_json::from_slice(&text).unwrap_or_default();
+                            accepted += reply["accepted"].as_u64().unwrap_or(0);
+                        }
+                        *statuses.entry(status.to_string()).or_default() += 1;
+                    }
+                    Err(error) => {
+                        let kind = if error.is_timeout() {
+                            "timeout"
+                        } else {
+                            "connection error"
+                        };
+                        *statuses.entry(kind.to_owned()).or_default() += 1;
+                    }
+                }
+            }
+            (latency, statuses, accepted)
+        }));
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    let mut acknowledged = 0;
+    for task in tasks {
+        let (task_latency, task_statuses, accepted) = task.await?;
+        latency.add(task_latency)?;
+        for (status, count) in task_statuses {
+            *statuses.entry(status).or_default() += count;
+        }
+        acknowledged += accepted;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(during) = during {
+        during.abort();
+    }
+    let ok = statuses.get("200").copied().unwrap_or(0);
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    Ok(RunFigures {
+        requests_per_second: ok as f64 / elapsed,
+        metrics_per_second: acknowledged as f64 / elapsed,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        errors: statuses
+            .into_iter()
+            .filter(|(status, _)| status != "200")
+            .collect(),
+        acknowledged,
+        ..RunFigures::default()
+    })
+}

@@ -1,0 +1,144 @@
+//! The service under test: started from its release binary with the shipped `pipelines.yaml` on
+//! loopback and a temporary database, sampled for RSS and CPU, stopped with SIGTERM, and its rows
+//! counted against what it acknowledged.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use mcp_metrics_store::Store;
+
+use crate::{Options, RunFigures, load};
+
+pub async fn measure(options: &Options, dir: &Path, batch: usize) -> anyhow::Result<RunFigures> {
+    if !options.server.exists() {
+        bail!(
+            "no service binary at {}; run `cargo build --release` first",
+            options.server.display()
+        );
+    }
+    let database = dir.join("metrics.db");
+    let key = create_key(options, &database)?;
+    let rows_before = rows(&database).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let started = Instant::now();
+    let mut child = Command::new(&options.server)
+        .arg("run")
+        .current_dir(dir)
+        .env("METRICS_SERVICE_HOST", "127.0.0.1")
+        .env("METRICS_SERVICE_PORT", port.to_string())
+        .env("SQLITE_DB_PATH", &database)
+        .env("OTEL_PROMETHEUS_PORT", "0")
+        .env("FLUSH_INTERVAL_SECONDS", "1")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the service")?;
+    let url = format!("http://127.0.0.1:{port}");
+    let startup = wait_healthy(&url, &mut child).await?;
+    let startup_ms = (startup - started).as_secs_f64() * 1000.0;
+
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let sampler = tokio::spawn(sample_rss(child.id(), peak_rss.clone()));
+    let cpu_before = cpu_seconds(child.id());
+    let load_started = Instant::now();
+    let mut figures = load::drive(&url, &key, batch, options, Some(sampler)).await?;
+    let cpu = cpu_seconds(child.id()) - cpu_before;
+    figures.cpu_percent = cpu / load_started.elapsed().as_secs_f64() * 100.0;
+    figures.peak_rss_mb = peak_rss.load(Ordering::Relaxed) as f64 / 1024.0;
+    figures.startup_ms = startup_ms;
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("the service exited with {status} on SIGTERM");
+    }
+    figures.stored = rows(&database).await? - rows_before;
+    Ok(figures)
+}
+
+fn create_key(options: &Options, database: &Path) -> anyhow::Result<String> {
+    let output = Command::new(&options.server)
+        .args([
+            "keys",
+            "create",
+            "--service",
+            "auth-server",
+            "--rate-limit",
+            "4000000000",
+            "--database",
+        ])
+        .arg(database)
+        .output()?;
+    let stdout = String::from_utf8(output.stdout)?;
+    stdout
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .context("keys create printed no key")
+}
+
+async fn rows(database: &Path) -> anyhow::Result<i64> {
+    let store = Store::open(database).await?;
+    let count = store.row_counts().await?["metrics"];
+    store.close().await;
+    Ok(count)
+}
+
+/// When `/health` first answered 200.
+async fn wait_healthy(url: &str, child: &mut Child) -> anyhow::Result<Instant> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(reply) = client.get(format!("{url}/health")).send().await
+            && reply.status() == 200
+        {
+            return Ok(Instant::now());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the service exited during start-up: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _ = child.kill();
+    bail!("the service was not healthy within 20 s")
+}
+
+/// Keeps the highest VmRSS (KiB) seen, every 50 ms.
+async fn sample_rss(pid: u32, peak: Arc<AtomicU64>) {
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let rss = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or(0);
+            peak.fetch_max(rss, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// User plus system CPU time of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}

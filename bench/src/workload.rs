@@ -1,0 +1,122 @@
+//! What the load is made of: requests of mixed metric types with the dimensions and metadata the
+//! gateway's components send, and the same rows written straight into SQLite for the ceiling.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mcp_metrics_plugin::{Batch, Metric, MetricType, Request, RequestContext};
+use mcp_metrics_store::Store;
+use serde_json::{Value, json};
+
+/// The `i`-th metric of the mix, as a client sends it.
+pub fn metric(i: usize) -> Value {
+    let success = !i.is_multiple_of(10);
+    match i % 6 {
+        0 => json!({"type": "auth_request", "value": 1.0, "duration_ms": 12.5 + (i % 50) as f64,
+                    "dimensions": {"method": "jwt", "success": success, "server": "mcpgw", "user_hash": format!("user_{:04}", i % 997)},
+                    "metadata": {"error_code": if success { Value::Null } else { json!("401") }, "request_size": 1024, "response_size": 512}}),
+        1 => json!({"type": "tool_discovery", "value": 1.0, "duration_ms": 85.0,
+                    "dimensions": {"query": "find weather tools", "results_count": 5, "top_k_services": 3, "top_n_tools": 10},
+                    "metadata": {"embedding_time_ms": 12.5, "faiss_search_time_ms": 3.2}}),
+        2 | 3 => json!({"type": "tool_execution", "value": 1.0, "duration_ms": 240.0,
+                        "dimensions": {"tool_name": "get_weather", "server_path": "/weather", "server_name": "weather", "success": success},
+                        "metadata": {"error_code": if success { Value::Null } else { json!("500") }, "input_size_bytes": 128, "output_size_bytes": 2048}}),
+        4 => {
+            json!({"type": "health_check", "value": 1.0, "duration_ms": 2.0, "dimensions": {"server": "mcpgw", "status": "ok"}})
+        }
+        _ => {
+            json!({"type": "registry_operation", "value": 1.0, "duration_ms": 8.0, "dimensions": {"operation": "list", "success": true}})
+        }
+    }
+}
+
+/// A request body of `n` metrics.
+pub fn body(n: usize, offset: usize) -> Vec<u8> {
+    let metrics: Vec<Value> = (0..n).map(|i| metric(offset + i)).collect();
+    let request = json!({"service": "auth-server", "version": "1.0.0", "instance_id": "bench-01", "metrics": metrics});
+    serde_json::to_vec(&request).expect("JSON")
+}
+
+/// The same mix as a batch of `n` decoded metrics, received at `at`.
+fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> Batch {
+    let context = RequestContext {
+        request_id: "req_ceiling".into(),
+        service: "auth-server".into(),
+        version: Some("1.0.0".into()),
+        instance_id: Some("bench-01".into()),
+        received_at: at,
+        api_key: None,
+        key: None,
+    };
+    let metrics = (0..n)
+        .map(|i| {
+            let wire = metric(i);
+            Metric {
+                index: i,
+                metric_type: MetricType::from_name(wire["type"].as_str().unwrap_or_default())
+                    .unwrap_or(MetricType::Custom),
+                timestamp: at + chrono::Duration::microseconds(i as i64),
+                value: wire["value"].as_f64().unwrap_or(1.0),
+                duration_ms: wire["duration_ms"].as_f64(),
+                dimensions: wire["dimensions"].as_object().cloned().unwrap_or_default(),
+                metadata: wire["metadata"].as_object().cloned().unwrap_or_default(),
+            }
+        })
+        .collect();
+    Batch::new(
+        Request {
+            context: Arc::new(context),
+            metrics,
+        },
+        None,
+    )
+}
+
+/// Metrics per second this machine's SQLite takes through the service's own writer (same schema,
+/// indexes and pragmas), `per_transaction` metrics per transaction, for `duration`.
+pub async fn sqlite_ceiling(per_transaction: usize, duration: Duration) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path().join("ceiling.db")).await?;
+    let mut batch = batch(per_transaction, chrono::Utc::now());
+    let started = Instant::now();
+    let mut written = 0usize;
+    while started.elapsed() < duration {
+        store.write_batch(&batch).await?;
+        written += batch.len();
+        // Rows as the service writes them: timestamps move on from batch to batch.
+        for metric in &mut batch.requests[0].metrics {
+            metric.timestamp += chrono::Duration::milliseconds(10);
+        }
+    }
+    let rate = written as f64 / started.elapsed().as_secs_f64();
+    store.close().await;
+    Ok(rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_has_every_typed_table_and_decodes() {
+        let body: Value = serde_json::from_slice(&body(6, 0)).unwrap();
+        let types: Vec<&str> = body["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "auth_request",
+                "tool_discovery",
+                "tool_execution",
+                "tool_execution",
+                "health_check",
+                "registry_operation"
+            ]
+        );
+        assert_eq!(batch(100, chrono::Utc::now()).len(), 100);
+    }
+}
