@@ -373,49 +373,11 @@ impl Graph {
 
     /// Everything, to drain on shutdown.
     pub fn retire(self) -> Retired {
-        Graph::commit(
-            Plan {
-                exporters: BTreeMap::new(),
-                pipelines: BTreeMap::new(),
-                receivers: BTreeMap::new(),
-            },
-            self,
-            &Base::inert(),
-        )
-        .1
-    }
-}
-
-impl Base {
-    /// For retiring a whole graph, where nothing new is built.
-    fn inert() -> Base {
-        struct Nothing;
-        #[async_trait]
-        impl ServiceControl for Nothing {
-            async fn flush(&self, _: Duration) -> bool {
-                true
-            }
-            fn rate_limit(
-                &self,
-                _: &mcp_metrics_plugin::RequestContext,
-            ) -> Option<mcp_metrics_plugin::RateLimitState> {
-                None
-            }
-            fn health(&self) -> Vec<mcp_metrics_plugin::Problem> {
-                Vec::new()
-            }
-            fn readiness(&self) -> Vec<mcp_metrics_plugin::Problem> {
-                Vec::new()
-            }
-            async fn reload(&self) -> Result<String, String> {
-                Err("not running".into())
-            }
-        }
-        Base {
-            components: CancellationToken::new(),
-            control: Arc::new(Nothing),
-            listeners: Arc::default(),
-            receiver_failures: mpsc::unbounded_channel().0,
+        Retired {
+            receivers: self.receivers.into_values().collect(),
+            pipelines: self.pipelines.into_values().collect(),
+            exporters: self.exporters.into_values().collect(),
+            generation: self.generation,
         }
     }
 }
