@@ -129,11 +129,11 @@ impl Plan {
         current: Option<&Graph>,
         base: &Base,
     ) -> anyhow::Result<Plan> {
-        let built = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let built = std::sync::Mutex::new(Vec::new());
         let result = Plan::build_tracked(config, current, base, &built).await;
         if result.is_err() {
             for token in built.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                CancellationToken::cancel(token);
+                token.cancel();
             }
         }
         result
@@ -143,7 +143,8 @@ impl Plan {
         config: &ServiceConfig,
         current: Option<&Graph>,
         base: &Base,
-        built: &Arc<std::sync::Mutex<Vec<CancellationToken>>>,
+        // Every component's token, to stop what was built if a later component fails.
+        built: &std::sync::Mutex<Vec<CancellationToken>>,
     ) -> anyhow::Result<Plan> {
         let context = |id: &str| {
             let stop = base.components.child_token();
