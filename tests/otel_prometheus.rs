@@ -465,15 +465,7 @@ async fn the_default_config_serves_the_endpoint_on_the_configured_port() {
     let url = format!("http://127.0.0.1:{}/metrics", addr.port());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let text = loop {
-        let text = svc
-            .client
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = svc.get_text(&url).await;
         if text.contains("mcp_auth_requests_total") || tokio::time::Instant::now() > deadline {
             break text;
         }

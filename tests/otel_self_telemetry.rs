@@ -62,15 +62,7 @@ service:
         .exporter_addr("prometheus")
         .unwrap();
     let url = format!("http://{addr}/metrics");
-    let text = svc
-        .client
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = svc.get_text(&url).await;
     let scraped = exposition::parse(&text);
     let value = |name: &str, labels: &[(&str, &str)]| scraped.value(name, labels);
     let http = [("receiver", "http")];
@@ -108,15 +100,7 @@ service:
         "more than the whole queue: {}",
         reply.body
     );
-    let text = svc
-        .client
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = svc.get_text(&url).await;
     let scraped = exposition::parse(&text);
     assert_eq!(scraped.value(refused, &http), Some(3.0 + 501.0), "{text}");
 
@@ -130,15 +114,7 @@ service:
     assert_eq!(svc.post(Some(&limited), &body).await.status, 200);
     assert_eq!(svc.post(Some(&limited), &body).await.status, 429);
     assert_eq!(svc.post(Some(&limited), &body).await.status, 429);
-    let text = svc
-        .client
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = svc.get_text(&url).await;
     let scraped = exposition::parse(&text);
     let rate_limited = "mcp_metrics_rate_limited_requests_total";
     assert_eq!(

@@ -107,6 +107,18 @@ impl TestService {
         Reply::from(request.send().await.unwrap()).await
     }
 
+    /// The body of a GET of `url`.
+    pub async fn get_text(&self, url: &str) -> String {
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Rows in `table`, waiting up to 5 s for `expected` of them (exports are asynchronous).
     pub async fn rows_eventually(&self, table: &str, expected: i64) -> i64 {
         let store = self.store().await;
