@@ -3,7 +3,8 @@
 //!
 //! The queue is bounded in metrics, not batches: when it is full the receiver answers 503 rather
 //! than holding more in memory. Metrics count against the bound until their export is over, so
-//! retries of a failing exporter hold the line too. Whatever is queued when the worker gets to it
+//! retries of a failing exporter hold the line too: by default a batch whose export may still
+//! succeed is retried until it does, and clients are told to come back instead of data being lost. Whatever is queued when the worker gets to it
 //! is merged into one export (up to `batch_max_size`), which is what turns many small requests
 //! into few large SQLite transactions without making any request wait.
 
@@ -11,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::future::BoxFuture;
 use mcp_metrics_plugin::{
-    Batch, ComponentConfig, Consumer, ExportError, Exporter, Outcome, Refusal, async_trait,
-    telemetry,
+    Batch, CancellationToken, ComponentConfig, Consumer, ExportError, Exporter, Outcome, Refusal,
+    async_trait, telemetry,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -68,7 +70,8 @@ pub struct RetrySettings {
     pub initial_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
-    /// Give up on a batch after retrying this long; 0 retries until shutdown.
+    /// Give up on a batch after retrying this long, losing it for this exporter; 0 (the default)
+    /// retries until the export succeeds, the full queue answering clients 503 meanwhile.
     #[serde(with = "humantime_serde")]
     pub max_elapsed_time: Duration,
 }
@@ -79,7 +82,7 @@ impl Default for RetrySettings {
             enabled: true,
             initial_interval: Duration::from_millis(500),
             max_interval: Duration::from_secs(30),
-            max_elapsed_time: Duration::from_secs(300),
+            max_elapsed_time: Duration::ZERO,
         }
     }
 }
@@ -93,6 +96,10 @@ impl ComponentConfig for RetrySettings {
         }
     }
 }
+
+/// How often a failing export is retried while the queue drains (shutdown, reload): the
+/// shutdown deadline, not the backoff, bounds how long that goes on.
+const DRAIN_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A batch in the queue and its share of the queue's room, given back when its export is over.
 struct Queued {
@@ -109,6 +116,8 @@ pub struct ExporterQueue {
     sender: std::sync::Mutex<Option<mpsc::UnboundedSender<Queued>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     failing: Arc<Failing>,
+    /// Cancelled when the queue drains: workers waiting to retry try again at once.
+    draining: CancellationToken,
 }
 
 /// Since when exports have been failing, and the latest error; empty while they succeed.
@@ -147,6 +156,7 @@ impl ExporterQueue {
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let failing = Arc::new(Failing::default());
+        let draining = CancellationToken::new();
         let workers = (0..queue.num_consumers)
             .map(|_| {
                 let worker = Worker {
@@ -156,6 +166,7 @@ impl ExporterQueue {
                     receiver: receiver.clone(),
                     batch_max_size: queue.batch_max_size,
                     retry: retry.clone(),
+                    draining: draining.clone(),
                 };
                 tokio::spawn(worker.run())
             })
@@ -170,6 +181,7 @@ impl ExporterQueue {
             sender: std::sync::Mutex::new(Some(sender)),
             workers: Mutex::new(workers),
             failing,
+            draining,
         })
     }
 
@@ -209,9 +221,11 @@ impl ExporterQueue {
         }
     }
 
-    /// Stops taking batches, exports everything queued, then shuts the exporter down.
+    /// Stops taking batches, exports everything queued, then shuts the exporter down. A failing
+    /// export is retried at its shortest interval from then on; the caller bounds how long.
     pub async fn drain(&self) {
         self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.draining.cancel();
         for worker in self.workers.lock().await.drain(..) {
             let _ = worker.await;
         }
@@ -271,6 +285,7 @@ struct Worker {
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued>>>,
     batch_max_size: usize,
     retry: RetrySettings,
+    draining: CancellationToken,
 }
 
 impl Worker {
@@ -325,6 +340,7 @@ impl Worker {
                 .with_total_delay(total);
             attempt
                 .retry(backoff)
+                .sleep(self.backoff_sleep())
                 .when(|error: &ExportError| error.retryable)
                 .notify(|error, delay| {
                     self.failing.failed(error);
@@ -352,6 +368,28 @@ impl Worker {
                 "export failed for good; these metrics are lost for this exporter"
             );
             batch.fail(&error.message);
+        }
+    }
+
+    /// Waits out a backoff delay: never longer than `max_interval` (jitter included), and at
+    /// most [`DRAIN_RETRY_INTERVAL`] once the queue drains, so a shutdown retries promptly.
+    fn backoff_sleep(&self) -> impl Fn(Duration) -> BoxFuture<'static, ()> + 'static {
+        let (draining, shortest, longest) = (
+            self.draining.clone(),
+            self.retry.initial_interval.min(DRAIN_RETRY_INTERVAL),
+            self.retry.max_interval,
+        );
+        move |delay: Duration| {
+            let draining = draining.clone();
+            Box::pin(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay.min(longest)) => {}
+                    _ = async {
+                        draining.cancelled().await;
+                        tokio::time::sleep(shortest).await;
+                    } => {}
+                }
+            })
         }
     }
 }
