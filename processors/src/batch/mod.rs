@@ -198,16 +198,36 @@ impl Shared {
         }
     }
 
-    /// Keeps offering the batch until the next step takes it: these metrics were acknowledged.
+    /// Offers the batch until the next step takes it: these metrics were acknowledged. A full
+    /// queue (503) is waited out; a batch larger than the next step can ever take (413) goes on in
+    /// halves; any other refusal (a judging processor placed after `batch`) cannot clear by
+    /// waiting, so those metrics are failed, loudly, rather than blocking everything behind them.
     async fn hand_on(&self, batch: Batch) {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.next.consume(batch.clone()).await {
-                Ok(_) => return,
-                Err(refusal) => {
-                    tracing::warn!(processor = %self.id, %refusal, metrics = batch.len(), retry_in = ?delay, "next step refused a batch; holding it");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        let mut parts = vec![batch];
+        'parts: while let Some(mut part) = parts.pop() {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                let refusal = match self.next.consume(part.clone()).await {
+                    Ok(_) => continue 'parts,
+                    Err(refusal) => refusal,
+                };
+                match refusal.status {
+                    503 => {
+                        tracing::warn!(processor = %self.id, %refusal, metrics = part.len(), retry_in = ?delay, "next step refused a batch; holding it");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    413 if part.len() > 1 => {
+                        let front = part.take_front(part.len() / 2);
+                        parts.push(part);
+                        parts.push(front);
+                        continue 'parts;
+                    }
+                    _ => {
+                        tracing::error!(processor = %self.id, %refusal, metrics = part.len(), "next step refused a batch for good; these metrics are lost");
+                        part.fail(&refusal.to_string());
+                        continue 'parts;
+                    }
                 }
             }
         }
