@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::anyhow;
+use futures::future::join_all;
 use mcp_metrics_plugin::{
     Batch, BuildContext, CancellationToken, Consumer, Listeners, Outcome, Processor, Receiver,
     Refusal, ServiceControl, async_trait,
@@ -368,6 +369,15 @@ impl Graph {
             .collect()
     }
 
+    /// Where its receivers listen and its exporters serve, to keep those sockets open.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        let receivers = self.receivers.values().filter_map(|r| r.addr);
+        let exporters = self.exporters.values();
+        receivers
+            .chain(exporters.filter_map(|e| e.queue.exporter().local_addr()))
+            .collect()
+    }
+
     pub fn queues(&self) -> Vec<Arc<ExporterQueue>> {
         self.exporters.values().map(|e| e.queue.clone()).collect()
     }
@@ -454,9 +464,22 @@ impl Retired {
         for receiver in &self.receivers {
             receiver.stop_receiving.cancel();
         }
-        for receiver in self.receivers {
+        let receivers_done = join_all(self.receivers.into_iter().map(|receiver| async move {
             let _ = receiver.task.await;
             receiver.stop.cancel();
+        }));
+        tokio::pin!(receivers_done);
+        // A request in flight may be waiting for its metrics to be delivered (durable
+        // acknowledgements), which a batch would otherwise hold until its timeout.
+        loop {
+            tokio::select! {
+                _ = &mut receivers_done => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    for (_, processor) in self.pipelines.iter().flat_map(|p| &p.chain) {
+                        processor.flush().await;
+                    }
+                }
+            }
         }
         // A request that took the old way before the switch may still be on it.
         while Arc::strong_count(&self.generation) > 1 {

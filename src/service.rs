@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::bail;
+use futures::future::join_all;
 use mcp_metrics_plugin::{CancellationToken, Listeners};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::config::{self, ServiceConfig, ServiceSettings};
 use crate::control::{Control, ReloadRequest};
@@ -48,6 +50,8 @@ pub struct Service {
     receiver_failures: mpsc::UnboundedReceiver<(String, String)>,
     /// The config text last read, to tell when a watched file changes.
     text: String,
+    /// What earlier reloads replaced, still draining; shutdown waits for them.
+    draining: Vec<JoinHandle<()>>,
 }
 
 impl Service {
@@ -96,6 +100,7 @@ impl Service {
             reloads,
             receiver_failures,
             text: config.text,
+            draining: Vec::new(),
         })
     }
 
@@ -113,8 +118,9 @@ impl Service {
     }
 
     /// Reads the configuration again and applies it as a diff: only components whose settings
-    /// changed are rebuilt, the rest go on. A configuration with errors is refused whole and the
-    /// running pipelines go on; the errors are returned.
+    /// changed are rebuilt, the rest go on, and what was replaced drains in the background (it
+    /// may be serving the very request that asked for the reload). A configuration with errors is
+    /// refused whole and the running pipelines go on; the errors are returned.
     pub async fn reload(&mut self) -> Result<String, String> {
         let Some(source) = &self.source else {
             return Err(
@@ -125,9 +131,14 @@ impl Service {
         self.text.clone_from(&text);
         let config = config::parse(&text, &name, &|var| std::env::var(var).ok())
             .map_err(|e| e.to_string())?;
-        let plan = Plan::build(&config, Some(&self.graph), &self.base)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        let plan = match Plan::build(&config, Some(&self.graph), &self.base).await {
+            Ok(plan) => plan,
+            Err(error) => {
+                // Let go of any socket the failed build opened.
+                self.base.listeners.keep_serving(&self.graph.addrs());
+                return Err(format!("{error:#}"));
+            }
+        };
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
@@ -140,15 +151,10 @@ impl Service {
             self.graph.queues(),
             self.settings.export_failure_threshold,
         );
-        let addrs: Vec<SocketAddr> = self
-            .graph
-            .receivers
-            .values()
-            .filter_map(|r| r.addr)
-            .collect();
         let replaced = retired.count();
-        retired.drain().await;
-        self.base.listeners.keep_serving(&addrs);
+        self.draining.retain(|drain| !drain.is_finished());
+        self.draining.push(tokio::spawn(retired.drain()));
+        self.base.listeners.keep_serving(&self.graph.addrs());
         Ok(format!(
             "reloaded {name}: {replaced} component(s) replaced or removed, the rest kept"
         ))
@@ -159,6 +165,9 @@ impl Service {
         let mut signals = Signals::new()?;
         let mut watch = tokio::time::interval(self.settings.watch_interval);
         loop {
+            if watch.period() != self.settings.watch_interval {
+                watch = tokio::time::interval(self.settings.watch_interval);
+            }
             tokio::select! {
                 signal = signals.next() => match signal {
                     Signal::Hangup => self.reload_and_log("SIGHUP").await,
@@ -173,7 +182,7 @@ impl Service {
                     let _ = reply.send(result);
                 }
                 _ = watch.tick(), if self.settings.watch_config => {
-                                        let text = self.source.as_ref().and_then(|s| s.read().ok()).map(|(text, _)| text);
+                    let text = self.source.as_ref().and_then(|s| s.read().ok()).map(|(text, _)| text);
                     if text.is_some_and(|text| text != self.text) {
                         self.reload_and_log("config file changed").await;
                     }
@@ -196,9 +205,17 @@ impl Service {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let deadline = self.settings.shutdown_timeout;
         self.control.stopping();
+        // Only the receivers hold their sockets now: once they stop, connections are refused
+        // rather than left waiting in the backlog.
+        self.base.listeners.keep_serving(&[]);
         let queues = self.graph.queues();
         let retired = std::mem::take(&mut self.graph).retire();
-        let drained = tokio::time::timeout(deadline, retired.drain()).await;
+        let earlier = std::mem::take(&mut self.draining);
+        let everything = async {
+            retired.drain().await;
+            join_all(earlier).await;
+        };
+        let drained = tokio::time::timeout(deadline, everything).await;
         self.base.components.cancel();
         if drained.is_err() {
             let left: usize = queues.iter().map(|q| q.queued()).sum();
