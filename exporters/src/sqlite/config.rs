@@ -51,12 +51,16 @@ impl ExporterConfig for SqliteConfig {
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
         let store = Store::open(&self.path).await?;
         store.seed_retention(self.retention_days).await?;
-        tokio::spawn(super::retention::run(
+        let stop = cx.shutdown.child_token();
+        let task = tokio::spawn(super::retention::run(
             store.clone(),
             self.retention_interval,
-            cx.shutdown.clone(),
+            stop.clone(),
         ));
-        Ok(Box::new(SqliteExporter { store }))
+        Ok(Box::new(SqliteExporter {
+            store,
+            retention: tokio::sync::Mutex::new(Some((stop, task))),
+        }))
     }
 }
 

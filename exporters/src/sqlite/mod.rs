@@ -7,11 +7,14 @@ pub use config::SqliteConfig;
 
 use std::sync::Arc;
 
-use mcp_metrics_plugin::{Batch, ExportError, Exporter, async_trait};
+use mcp_metrics_plugin::{Batch, CancellationToken, ExportError, Exporter, async_trait};
 use mcp_metrics_store::Store;
+use tokio::task::JoinHandle;
 
 pub struct SqliteExporter {
     store: Arc<Store>,
+    /// The retention task, stopped before the last checkpoint so its deletes cannot hold it up.
+    retention: tokio::sync::Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
 }
 
 #[async_trait]
@@ -21,6 +24,10 @@ impl Exporter for SqliteExporter {
     }
 
     async fn shutdown(&self) -> Result<(), mcp_metrics_plugin::BoxError> {
+        if let Some((stop, task)) = self.retention.lock().await.take() {
+            stop.cancel();
+            let _ = task.await;
+        }
         // Fold the write-ahead log into the database so the file is complete on its own.
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(self.store.pool())

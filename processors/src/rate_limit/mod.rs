@@ -158,8 +158,13 @@ impl RateLimitProcessor {
         if limiters.len() >= self.max_tracked && !limiters.contains_key(&caller) {
             // A bucket idle for a minute is full again, the same as no bucket: forget those.
             limiters.retain(|_, l| now.duration_since(l.last_seen) < Duration::from_secs(60));
-            if limiters.len() >= self.max_tracked {
-                limiters.clear();
+            // Still full of busy callers: forget the one seen longest ago, not everyone's state.
+            let oldest = limiters
+                .iter()
+                .min_by_key(|(_, l)| l.last_seen)
+                .map(|(caller, _)| caller.clone());
+            if let (true, Some(oldest)) = (limiters.len() >= self.max_tracked, oldest) {
+                limiters.remove(&oldest);
             }
         }
         let limiter = limiters

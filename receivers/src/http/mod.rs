@@ -213,7 +213,12 @@ async fn take_metrics(
     };
     outcome.merge(app.next.consume(Batch::new(request, ack)).await?);
     if let Some(delivered) = delivered {
-        wait_for_delivery(delivered, app.config.acknowledgement_timeout).await?;
+        wait_for_delivery(delivered, app.config.acknowledgement_timeout)
+            .await
+            .map_err(|mut refusal| {
+                refusal.headers.append(&mut outcome.headers);
+                refusal
+            })?;
     }
     Ok((total, outcome))
 }
