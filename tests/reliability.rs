@@ -361,7 +361,8 @@ service:
             .arg(&config),
     );
 
-    let acknowledged = Arc::new([AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)]);
+    // Metrics acknowledged, per table: metrics, auth_metrics, tool_metrics, discovery_metrics.
+    let acknowledged = Arc::new([(); 4].map(|_| AtomicI64::new(0)));
     let mut clients = Vec::new();
     for _ in 0..16 {
         let (address, key, acknowledged) = (address.clone(), key.clone(), acknowledged.clone());
@@ -373,6 +374,7 @@ service:
                     metric("auth_request"),
                     metric("tool_execution"),
                     metric("tool_execution"),
+                    metric("tool_discovery"),
                     metric("custom"),
                 ],
             );
@@ -386,10 +388,10 @@ service:
                 let Ok(response) = sent else { break };
                 if response.status() == 200 {
                     let reply: serde_json::Value = response.json().await.unwrap();
-                    assert_eq!(reply["accepted"], 4);
-                    acknowledged[0].fetch_add(4, Ordering::Relaxed);
-                    acknowledged[1].fetch_add(1, Ordering::Relaxed);
-                    acknowledged[2].fetch_add(2, Ordering::Relaxed);
+                    assert_eq!(reply["accepted"], 5);
+                    for (table, n) in [5, 1, 2, 1].into_iter().enumerate() {
+                        acknowledged[table].fetch_add(n, Ordering::Relaxed);
+                    }
                 }
             }
         }));
@@ -413,15 +415,19 @@ service:
         .await
         .unwrap();
     let counts = store.row_counts().await.unwrap();
-    assert_eq!(counts["metrics"], acknowledged[0].load(Ordering::Relaxed));
-    assert_eq!(
-        counts["auth_metrics"],
-        acknowledged[1].load(Ordering::Relaxed)
-    );
-    assert_eq!(
-        counts["tool_metrics"],
-        acknowledged[2].load(Ordering::Relaxed)
-    );
+    let tables = [
+        "metrics",
+        "auth_metrics",
+        "tool_metrics",
+        "discovery_metrics",
+    ];
+    for (table, acknowledged) in tables.into_iter().zip(acknowledged.iter()) {
+        assert_eq!(
+            counts[table],
+            acknowledged.load(Ordering::Relaxed),
+            "{table}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -462,4 +468,101 @@ service:
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A failing export waits ever longer between tries, but a shutdown does not wait those out: the
+/// queue's last export is retried at once, so what was acknowledged lands within the deadline.
+#[tokio::test]
+async fn shutdown_retries_a_failing_export_at_once_instead_of_waiting_out_its_backoff() {
+    let mut svc = TestService::with_config(&edited(
+        &default_pipeline_with(
+            "  sqlite: {path: '{dir}/metrics.db', retention_days: 0}",
+            "  sqlite: {path: '{dir}/metrics.db', retention_days: 0, retry_on_failure: {initial_interval: 40s, max_interval: 60s}}",
+        ),
+        "service:\n",
+        "service:\n  shutdown_timeout: 10s\n",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+    let blocker = DatabaseLock::take(&svc.db_path()).await;
+    let reply = svc
+        .post(
+            Some(&key),
+            &request_of("svc", vec![metric("auth_request"); 5]),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    // The first export fails after SQLite's 5 s busy timeout; its retry is 40 s or more away.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    blocker.release().await;
+    let started = std::time::Instant::now();
+    svc.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let counts = svc.store().await.row_counts().await.unwrap();
+    assert_eq!((counts["metrics"], counts["auth_metrics"]), (5, 5));
+}
+
+/// A batch larger than an exporter's whole queue can never be taken as it is: it goes on in
+/// parts rather than being offered again forever.
+#[tokio::test]
+async fn a_batch_larger_than_the_exporter_queue_goes_on_in_parts() {
+    let svc = TestService::with_config(&edited(
+        &with_processors("  batch: {send_batch_size: 100, timeout: 100ms}", "batch"),
+        "  sqlite: {path: '{dir}/metrics.db', retention_days: 0}",
+        "  sqlite: {path: '{dir}/metrics.db', retention_days: 0, sending_queue: {queue_size: 40, batch_max_size: 10}}",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+    let reply = svc
+        .post(
+            Some(&key),
+            &request_of("svc", vec![metric("tool_execution"); 100]),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(svc.rows_eventually("metrics", 100).await, 100);
+    assert_eq!(svc.rows_eventually("tool_metrics", 100).await, 100);
+}
+
+/// In durable mode a request waits for its metrics to be stored. On shutdown the batch holding
+/// them is handed on at once, so the request is answered 200 and the service stops in time,
+/// instead of both waiting for the batch's timeout.
+#[tokio::test]
+async fn shutdown_answers_durable_requests_waiting_in_a_batch() {
+    let mut svc = TestService::with_config(&edited(
+        &edited(
+            &with_processors("  batch: {send_batch_size: 1000, timeout: 1h}", "batch"),
+            "http: {host: 127.0.0.1, port: 0}",
+            "http: {host: 127.0.0.1, port: 0, acknowledgements: true, acknowledgement_timeout: 1h}",
+        ),
+        "service:\n",
+        "service:\n  shutdown_timeout: 10s\n",
+    ))
+    .await;
+    let key = svc.key("svc").await;
+    let waiting = {
+        let request = svc
+            .client
+            .post(svc.url("/metrics"))
+            .header("X-API-Key", &key)
+            .json(&request_of("svc", vec![metric("tool_discovery"); 3]));
+        tokio::spawn(async move { Reply::from(request.send().await.unwrap()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the reply waits for the batch");
+    let started = std::time::Instant::now();
+    svc.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let reply = waiting.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let counts = svc.store().await.row_counts().await.unwrap();
+    assert_eq!((counts["metrics"], counts["discovery_metrics"]), (3, 3));
 }

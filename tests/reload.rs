@@ -28,14 +28,16 @@ service:
     metrics: {receivers: [http], processors: [auth, batch], exporters: [sqlite]}
 ";
 
-/// The config plus a second pipeline into `second.db`, and a changed http receiver on the
-/// same address (so the socket must be handed over).
+/// The config plus a second pipeline into `second.db`, a changed http receiver on the same
+/// address (so the socket must be handed over), and a changed batch processor (so the one
+/// replaced must hand on what it holds).
 fn with_second_pipeline(config: &str) -> String {
     let config = edited(
         config,
         "port: 0, database",
         "port: 0, max_metrics_per_request: 5000, database",
     );
+    let config = edited(&config, "send_batch_size: 200", "send_batch_size: 150");
     let config = edited(
         &config,
         "  sqlite: {path: ./metrics.db, retention_days: 0}",
@@ -327,4 +329,88 @@ async fn health_and_readiness_name_the_component_in_trouble() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn admin_reload(client: &reqwest::Client, address: &str, key: &str) -> Reply {
+    let request = client
+        .post(format!("http://{address}/admin/reload"))
+        .header("X-API-Key", key)
+        .timeout(Duration::from_secs(10));
+    Reply::from(request.send().await.expect("the reload is answered")).await
+}
+
+/// The admin request that asks for a reload is served by the receiver the reload replaces: it
+/// is answered, and the replaced receiver drains once it has been.
+#[tokio::test]
+async fn an_admin_reload_can_replace_the_receiver_serving_it() {
+    let (dir, key) = setup(false).await;
+    let (mut child, address, _log) = spawn_service(&mut mcp_metrics(dir.path()));
+    let client = reqwest::Client::new();
+    std::fs::write(
+        dir.path().join("pipelines.yaml"),
+        with_second_pipeline(&CONFIG.replace("WATCH", "false")),
+    )
+    .unwrap();
+    let reply = admin_reload(&client, &address, &key).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let posted = client
+        .post(format!("http://{address}/metrics"))
+        .header("X-API-Key", &key)
+        .json(&request_of("svc", vec![metric("custom")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    assert_eq!(terminate(&mut child), 0);
+    assert_eq!(rows(&dir.path().join("second.db")).await, 1);
+}
+
+/// An exporter that serves on a fixed port keeps its socket across reloads that leave it alone,
+/// so a later reload that changes it can take the socket over instead of finding it in use.
+#[tokio::test]
+async fn a_scrape_endpoint_keeps_its_port_across_reloads() {
+    let (dir, key) = setup(false).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let with_prometheus = |config: &str, service_name: &str| {
+        let config = edited(
+            config,
+            "  sqlite: {path: ./metrics.db, retention_days: 0}",
+            &format!(
+                "  sqlite: {{path: ./metrics.db, retention_days: 0}}\n  prometheus: {{host: 127.0.0.1, port: {port}, service_name: {service_name}}}"
+            ),
+        );
+        edited(
+            &config,
+            "exporters: [sqlite]}",
+            "exporters: [sqlite, prometheus]}",
+        )
+    };
+    let config = CONFIG.replace("WATCH", "false");
+    let write = |text: String| std::fs::write(dir.path().join("pipelines.yaml"), text).unwrap();
+    write(with_prometheus(&config, "first"));
+    let (mut child, address, _log) = spawn_service(&mut mcp_metrics(dir.path()));
+    let client = reqwest::Client::new();
+
+    // A reload that leaves the exporter as it is, then one that changes it.
+    let smaller_batches = edited(&config, "send_batch_size: 200", "send_batch_size: 150");
+    write(with_prometheus(&smaller_batches, "first"));
+    assert_eq!(admin_reload(&client, &address, &key).await.status, 200);
+    write(with_prometheus(&smaller_batches, "second"));
+    let reply = admin_reload(&client, &address, &key).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let scrape = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(scrape.contains(r#"service_name="second""#), "{scrape}");
+    assert_eq!(terminate(&mut child), 0);
 }
