@@ -26,6 +26,8 @@ const BROKEN: &str = "\
 receivers:
   http:
     prot: 8890
+    hots: localhost
+    max_concurrent_requests: ${env:UNSET_LIMIT}
 processors:
   validate:
     max_depth: deep
@@ -52,9 +54,25 @@ fn every_problem_is_reported_at_once_with_its_place() {
     let typo = find(&errors, "receivers.http.prot", "unknown field `prot`");
     assert!(typo.message.contains("did you mean `port`?"), "{typo:?}");
     assert_eq!(typo.line, Some(3));
+    // The second typo in the same component is reported too.
+    let typo = find(&errors, "receivers.http.hots", "unknown field `hots`");
+    assert!(typo.message.contains("did you mean `host`?"), "{typo:?}");
+    assert_eq!(typo.line, Some(4));
+    // An unset variable is one error, not a wrong type besides.
+    find(
+        &errors,
+        "receivers.http.max_concurrent_requests",
+        "UNSET_LIMIT is not set",
+    );
+    assert!(
+        !errors
+            .iter()
+            .any(|e| e.place.ends_with("max_concurrent_requests") && e.message.contains("type")),
+        "{errors:?}"
+    );
 
     let mistyped = find(&errors, "processors.validate.max_depth", "invalid type");
-    assert_eq!(mistyped.line, Some(6));
+    assert_eq!(mistyped.line, Some(8));
 
     let unknown = find(
         &errors,
@@ -67,7 +85,7 @@ fn every_problem_is_reported_at_once_with_its_place() {
             .contains("known types: auth, batch, enrich, filter, rate_limit, validate"),
         "{unknown:?}"
     );
-    assert_eq!(unknown.line, Some(7));
+    assert_eq!(unknown.line, Some(9));
 
     let close = find(&errors, "exporters.sqlit", "unknown exporter type `sqlit`");
     assert!(
@@ -80,7 +98,7 @@ fn every_problem_is_reported_at_once_with_its_place() {
         "exporters.sqlite.path",
         "UNSET_DB_PATH is not set and has no default",
     );
-    assert_eq!(unset.line, Some(11));
+    assert_eq!(unset.line, Some(13));
 
     let undefined = find(
         &errors,
@@ -182,7 +200,15 @@ receivers: {http: {port: '${env:NO_SUCH_PORT:-9999}', host: '${env:SET_VAR}'}}
 exporters: {sqlite: {}}
 service: {pipelines: {metrics: {receivers: [http], exporters: [sqlite]}}}
 ";
-    assert!(mcp_metrics::parse(yaml, "pipelines.yaml", &env).is_ok());
+    let effective = mcp_metrics::config::effective(yaml, "pipelines.yaml", &env).unwrap();
+    let effective: serde_yaml::Value = serde_yaml::from_str(&effective).unwrap();
+    let http = &effective["receivers"]["http"];
+    assert_eq!(http["port"], serde_yaml::Value::from(9999), "{effective:?}");
+    assert_eq!(
+        http["host"],
+        serde_yaml::Value::from("set"),
+        "{effective:?}"
+    );
 }
 
 #[test]
@@ -209,7 +235,7 @@ fn validate_command_exits_1_with_every_error() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("has 9 errors"), "{stderr}");
+    assert!(stderr.contains("has 11 errors"), "{stderr}");
     assert!(
         stderr.contains(":3: receivers.http.prot: unknown field `prot`"),
         "{stderr}"

@@ -159,18 +159,23 @@ fn effective<T: ComponentConfig>(
 
 fn decode<T: ComponentConfig>(value: serde_yaml::Value) -> Result<T, Vec<ConfigIssue>> {
     // `http:` with nothing after it means "all defaults".
-    let value = match value {
+    let mut value = match value {
         serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
         other => other,
     };
-    let config: T = serde_path_to_error::deserialize(value).map_err(|error| {
-        let path = error.path().to_string();
-        let message = hint_unknown_field(&error.inner().to_string());
-        vec![ConfigIssue {
-            path: if path == "." { String::new() } else { path },
-            message,
-        }]
-    })?;
+    let mut issues = take_unknown_keys::<T>(&mut value);
+    let config: T = match serde_path_to_error::deserialize(value) {
+        Ok(config) if issues.is_empty() => config,
+        Ok(_) => return Err(issues),
+        Err(error) => {
+            let path = error.path().to_string();
+            issues.push(ConfigIssue {
+                path: if path == "." { String::new() } else { path },
+                message: hint_unknown_field(&error.inner().to_string()),
+            });
+            return Err(issues);
+        }
+    };
     let problems = config.validate();
     if problems.is_empty() {
         Ok(config)
@@ -183,6 +188,37 @@ fn decode<T: ComponentConfig>(value: serde_yaml::Value) -> Result<T, Vec<ConfigI
             })
             .collect())
     }
+}
+
+/// Removes and reports every top-level key the config does not have (serde stops at the first),
+/// so one look at the errors shows every typo. The keys are those of the default config.
+fn take_unknown_keys<T: ComponentConfig>(value: &mut serde_yaml::Value) -> Vec<ConfigIssue> {
+    let (serde_yaml::Value::Mapping(map), serde_yaml::Value::Mapping(defaults)) =
+        (value, defaults::<T>())
+    else {
+        return Vec::new();
+    };
+    let known: Vec<&str> = defaults.keys().filter_map(|k| k.as_str()).collect();
+    let unknown: Vec<serde_yaml::Value> = map
+        .keys()
+        .filter(|key| key.as_str().is_some_and(|key| !known.contains(&key)))
+        .cloned()
+        .collect();
+    let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+    unknown
+        .into_iter()
+        .map(|key| {
+            map.remove(&key);
+            let name = key.as_str().unwrap_or_default();
+            ConfigIssue {
+                path: name.to_owned(),
+                message: hint_unknown_field(&format!(
+                    "unknown field `{name}`, expected one of {}",
+                    expected.join(", ")
+                )),
+            }
+        })
+        .collect()
 }
 
 /// serde says "unknown field `pth`, expected one of `path`, ..." (or "unknown variant"); this
@@ -243,6 +279,24 @@ mod tests {
         assert!(
             issues[0].message.contains("did you mean `path`?"),
             "{issues:?}"
+        );
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_at_once() {
+        let value =
+            serde_yaml::from_str("{pth: x, busy_timeout: 5, busy_timeout_ms: soon}").unwrap();
+        let issues = decode::<Sample>(value).unwrap_err();
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["pth", "busy_timeout", "busy_timeout_ms"],
+            "{issues:?}"
+        );
+        assert!(
+            issues[1]
+                .message
+                .contains("did you mean `busy_timeout_ms`?")
         );
     }
 

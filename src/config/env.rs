@@ -15,30 +15,33 @@ pub fn substitute(
     problems
 }
 
+/// Returns whether `value` is a placeholder that could not be filled: its key is then dropped,
+/// so that the component reports only the unset variable, not a wrong type besides.
 fn walk(
     value: &mut Value,
     path: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
-) {
+) -> bool {
     match value {
         Value::String(text) if text.contains("${") => match expand(text, lookup) {
             Ok(expanded) => *value = typed(text, expanded),
-            Err(message) => problems.push(format!("{path}: {message}")),
-        },
-        Value::Mapping(map) => {
-            for (key, item) in map.iter_mut() {
-                let key = key
-                    .as_str()
-                    .map_or_else(|| format!("{key:?}"), str::to_owned);
-                let below = if path.is_empty() {
-                    key
-                } else {
-                    format!("{path}.{key}")
-                };
-                walk(item, &below, lookup, problems);
+            Err(message) => {
+                problems.push(format!("{path}: {message}"));
+                return true;
             }
-        }
+        },
+        Value::Mapping(map) => map.retain(|key, item| {
+            let key = key
+                .as_str()
+                .map_or_else(|| format!("{key:?}"), str::to_owned);
+            let below = if path.is_empty() {
+                key
+            } else {
+                format!("{path}.{key}")
+            };
+            !walk(item, &below, lookup, problems)
+        }),
         Value::Sequence(items) => {
             for (index, item) in items.iter_mut().enumerate() {
                 walk(item, &format!("{path}[{index}]"), lookup, problems);
@@ -46,6 +49,7 @@ fn walk(
         }
         _ => {}
     }
+    false
 }
 
 /// A value that is one placeholder alone takes the type its text reads as (`port: ${env:PORT}`
