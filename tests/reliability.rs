@@ -566,3 +566,132 @@ async fn shutdown_answers_durable_requests_waiting_in_a_batch() {
     let counts = svc.store().await.row_counts().await.unwrap();
     assert_eq!((counts["metrics"], counts["discovery_metrics"]), (3, 3));
 }
+
+/// The process's resident memory, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Overload with a stalled database: once the queues are full every request is refused with 503,
+/// and memory stops growing however long the load goes on. When the database is free again,
+/// every acknowledged metric lands.
+#[tokio::test]
+async fn memory_stays_bounded_under_overload_with_a_stalled_exporter() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipelines.yaml");
+    std::fs::write(
+        &config,
+        "
+receivers:
+  http: {host: 127.0.0.1, port: 0, max_concurrent_requests: 16, max_request_size: 1MiB}
+processors:
+  auth: {database: ./metrics.db}
+  validate: {}
+  batch: {send_batch_size: 100, timeout: 50ms, queue_size: 2000}
+exporters:
+  sqlite: {path: ./metrics.db, retention_days: 0, sending_queue: {queue_size: 2000}}
+service:
+  pipelines:
+    metrics: {receivers: [http], processors: [auth, validate, batch], exporters: [sqlite]}
+",
+    )
+    .unwrap();
+    let database = dir.path().join("metrics.db");
+    let key = mcp_metrics_store::Store::open(&database)
+        .await
+        .unwrap()
+        .create_key("svc", Some(1_000_000), false)
+        .await
+        .unwrap()
+        .1;
+    let (mut child, address, _log) = spawn_service(
+        mcp_metrics(dir.path())
+            .args(["run", "--config"])
+            .arg(&config),
+    );
+    let blocker = DatabaseLock::take(&database).await;
+
+    // 100 metrics of about 1 KiB each per request.
+    let dimensions: serde_json::Map<String, serde_json::Value> = (0..20)
+        .map(|i| (format!("dimension_{i:02}"), json!(format!("{i:0>40}"))))
+        .collect();
+    let one = json!({"type": "tool_execution", "value": 1.0, "dimensions": dimensions});
+    let body = request_of("svc", vec![one; 100]);
+    let load = |seconds: u64| {
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let (address, key, body) = (address.clone(), key.clone(), body.clone());
+            clients.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut accepted, mut refused) = (0, 0);
+                let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+                while tokio::time::Instant::now() < until {
+                    let reply = client
+                        .post(format!("http://{address}/metrics"))
+                        .header("X-API-Key", &key)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    match reply.status().as_u16() {
+                        200 => accepted += 100,
+                        503 => refused += 1,
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+                (accepted, refused)
+            }));
+        }
+        async move {
+            let mut totals = (0, 0);
+            for client in clients {
+                let (accepted, refused) = client.await.unwrap();
+                totals = (totals.0 + accepted, totals.1 + refused);
+            }
+            totals
+        }
+    };
+    let pid = child.id();
+    let peak_during = |phase: tokio::task::JoinHandle<(i64, i64)>| async move {
+        let mut peak: f64 = 0.0;
+        while !phase.is_finished() {
+            peak = peak.max(rss_mib(pid));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (peak, phase.await.unwrap())
+    };
+
+    let (first_peak, (first_accepted, first_refused)) = peak_during(tokio::spawn(load(3))).await;
+    let (second_peak, (second_accepted, second_refused)) = peak_during(tokio::spawn(load(3))).await;
+    assert!(
+        first_refused > 0 && second_refused > 0,
+        "the load outran the queues"
+    );
+    assert!(
+        first_accepted + second_accepted <= 4_000 + 100,
+        "held at most the batch's and the queue's 2000 metrics each: {}",
+        first_accepted + second_accepted
+    );
+    assert!(
+        second_peak <= first_peak * 1.15 + 5.0,
+        "memory kept growing: {first_peak:.1} MiB, then {second_peak:.1} MiB"
+    );
+    assert!(second_peak < 200.0, "{second_peak:.1} MiB");
+
+    blocker.release().await;
+    let code = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let store = mcp_metrics_store::Store::open(&database).await.unwrap();
+    let counts = store.row_counts().await.unwrap();
+    assert_eq!(counts["metrics"], first_accepted + second_accepted);
+    assert_eq!(counts["tool_metrics"], first_accepted + second_accepted);
+}
