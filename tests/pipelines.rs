@@ -203,3 +203,23 @@ service: {pipelines: {m: {receivers: [http], processors: [filter], exporters: [s
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_filter_with_an_empty_match_is_a_config_error() {
+    let yaml = "
+receivers: {http: {}}
+processors: {filter: {exclude: {}}}
+exporters: {sqlite: {}}
+service: {pipelines: {m: {receivers: [http], processors: [filter], exporters: [sqlite]}}}
+";
+    let errors = mcp_metrics::parse(yaml, "pipelines.yaml", &|_| None)
+        .err()
+        .expect("`exclude: {}` would drop every metric")
+        .errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].place, "processors.filter", "{errors:?}");
+    assert!(
+        errors[0].message.starts_with("exclude: give at least one"),
+        "{errors:?}"
+    );
+}

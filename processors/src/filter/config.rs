@@ -32,11 +32,27 @@ pub struct Match {
 
 impl ComponentConfig for FilterConfig {
     fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if self.include.is_none() && self.exclude.is_none() {
-            vec!["include: give `include` or `exclude`, or the filter keeps everything".into()]
-        } else {
-            vec![]
+            problems.push(
+                "include: give `include` or `exclude`, or the filter keeps everything".into(),
+            );
         }
+        // An empty match matches every metric: `exclude: {}` would drop them all.
+        for (key, given) in [("include", &self.include), ("exclude", &self.exclude)] {
+            if given.as_ref().is_some_and(Match::is_empty) {
+                problems.push(format!(
+                    "{key}: give at least one of metric_types, services, dimensions"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+impl Match {
+    fn is_empty(&self) -> bool {
+        self.metric_types.is_empty() && self.services.is_empty() && self.dimensions.is_empty()
     }
 }
 
