@@ -318,7 +318,7 @@ async fn keys_from_the_environment_are_registered_idempotently() {
             .unwrap()
             .to_owned()
     };
-    let start = |auth_key: &str| {
+    let start = |auth_key: &str, registry_key: &str| {
         spawn_service(
             mcp_metrics(dir.path())
                 .env("METRICS_SERVICE_HOST", "127.0.0.1")
@@ -327,7 +327,8 @@ async fn keys_from_the_environment_are_registered_idempotently() {
                 .env(
                     "METRICS_API_KEY_MCPGW_SERVER",
                     "mcp_metrics_mcpgw-key-from-env",
-                ),
+                )
+                .env("METRICS_API_KEY_REGISTRY", registry_key),
         )
     };
     let client = reqwest::Client::new();
@@ -347,7 +348,8 @@ async fn keys_from_the_environment_are_registered_idempotently() {
     };
 
     for _ in 0..2 {
-        let (mut child, address, _log) = start("mcp_metrics_first-auth-key");
+        let (mut child, address, _log) =
+            start("mcp_metrics_first-auth-key", "mcp_metrics_registry-key");
         assert_eq!(
             status(address.clone(), "mcp_metrics_first-auth-key".into()).await,
             200
@@ -363,14 +365,15 @@ async fn keys_from_the_environment_are_registered_idempotently() {
         .await
         .unwrap();
     let keys = store.list_keys().await.unwrap();
-    assert_eq!(keys.len(), 3, "a restart registers nothing twice: {keys:?}");
+    assert_eq!(keys.len(), 4, "a restart registers nothing twice: {keys:?}");
     assert!(
         keys.iter()
             .any(|k| k.service_name == "mcpgw-server" && k.source.as_deref() == Some("env"))
     );
 
     // A changed value replaces the service's key from the environment; the CLI key stays.
-    let (mut child, address, _log) = start("mcp_metrics_second-auth-key");
+    let (mut child, address, _log) =
+        start("mcp_metrics_second-auth-key", "mcp_metrics_registry-key");
     assert_eq!(
         status(address.clone(), "mcp_metrics_second-auth-key".into()).await,
         200
@@ -379,7 +382,86 @@ async fn keys_from_the_environment_are_registered_idempotently() {
         status(address.clone(), "mcp_metrics_first-auth-key".into()).await,
         401
     );
-    assert_eq!(status(address, cli_key).await, 200);
+    assert_eq!(status(address, cli_key.clone()).await, 200);
+    assert_eq!(terminate(&mut child), 0);
+
+    // An operator revokes the registry's key: a restart with the same variable does not revive
+    // it. The auth server's CLI key given to the registry too stays the auth server's.
+    let registry = |keys: &[mcp_metrics_store::KeyRecord]| {
+        let mut of_registry = keys.iter().filter(|k| k.service_name == "registry");
+        let key = of_registry.next().unwrap().clone();
+        assert!(of_registry.next().is_none(), "{keys:?}");
+        key
+    };
+    let revoked = registry(&store.list_keys().await.unwrap());
+    assert!(store.revoke_key(revoked.id).await.unwrap());
+    let before = store.list_keys().await.unwrap();
+    for registry_key in ["mcp_metrics_registry-key", cli_key.as_str()] {
+        let (mut child, address, _log) = start("mcp_metrics_second-auth-key", registry_key);
+        assert_eq!(
+            status(address.clone(), "mcp_metrics_registry-key".into()).await,
+            401
+        );
+        assert_eq!(status(address, cli_key.clone()).await, 200);
+        assert_eq!(terminate(&mut child), 0);
+    }
+    let after = store.list_keys().await.unwrap();
+    let without_use = |keys: Vec<mcp_metrics_store::KeyRecord>| {
+        keys.into_iter()
+            .map(|k| mcp_metrics_store::KeyRecord {
+                last_used_at: None,
+                ..k
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        without_use(after),
+        without_use(before),
+        "no key revived, moved or added"
+    );
+}
+
+#[tokio::test]
+async fn metrics_rate_limit_applies_to_keys_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("metrics.db");
+    {
+        // The registry's key as the Python service registered it: with its default of 1000.
+        let store = mcp_metrics_store::Store::open(&db).await.unwrap();
+        sqlx::query(
+            "INSERT INTO api_keys (key_hash, service_name, created_at, is_active, rate_limit) \
+             VALUES (?, 'registry', '2025-01-01 00:00:00', 1, 1000)",
+        )
+        .bind(mcp_metrics_store::hash_key("mcp_metrics_registry-key"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+        store.close().await;
+    }
+    let (mut child, address, _log) = spawn_service(
+        mcp_metrics(dir.path())
+            .env("SQLITE_DB_PATH", &db)
+            .env("METRICS_SERVICE_HOST", "127.0.0.1")
+            .env("METRICS_SERVICE_PORT", "0")
+            .env("METRICS_RATE_LIMIT", "2")
+            .env("METRICS_API_KEY_AUTH_SERVER", "mcp_metrics_auth-key")
+            .env("METRICS_API_KEY_REGISTRY", "mcp_metrics_registry-key"),
+    );
+    let client = reqwest::Client::new();
+    for key in ["mcp_metrics_auth-key", "mcp_metrics_registry-key"] {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let response = client
+                .post(format!("http://{address}/metrics"))
+                .header("X-API-Key", key)
+                .json(&example_request())
+                .send()
+                .await
+                .unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 429], "{key}");
+    }
     assert_eq!(terminate(&mut child), 0);
 }
 

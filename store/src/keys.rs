@@ -26,12 +26,17 @@ pub struct KeyRecord {
 }
 
 /// What registering a key from the environment did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnvKeyChange {
-    /// The key was there already (and is active).
+    /// The key was there already for the service, and is now the service's key from the
+    /// environment (also a key of the Python service or one made by hand).
     Unchanged,
     /// A new key; any earlier key from the environment for the service is deactivated.
     Registered,
+    /// The key was revoked, and a restart does not revive it.
+    Revoked,
+    /// The key belongs to another service; it is left as it is.
+    OtherService(String),
 }
 
 /// A new key: `mcp_metrics_` and 32 random bytes in URL-safe base64 (43 characters).
@@ -84,42 +89,75 @@ impl Store {
 
     /// Registers a key given by the deployment's environment for `service_name`: idempotent
     /// across restarts; a changed key replaces the service's earlier environment key, while keys
-    /// made otherwise are left alone.
+    /// made otherwise are left alone. A revoked key stays revoked, and a key of another service
+    /// is not taken from it.
     pub async fn register_env_key(
         &self,
         service_name: &str,
         key: &str,
     ) -> anyhow::Result<EnvKeyChange> {
         let digest = hash_key(key);
-        let mut tx = self.pool().begin().await?;
-        let known = sqlx::query(
-            "UPDATE api_keys SET is_active = 1 WHERE key_hash = ? AND service_name = ?",
-        )
-        .bind(&digest)
-        .bind(service_name)
-        .execute(&mut *tx)
-        .await?;
-        if known.rows_affected() > 0 {
-            tx.commit().await?;
-            return Ok(EnvKeyChange::Unchanged);
-        }
-        sqlx::query("UPDATE api_keys SET is_active = 0 WHERE source = 'env' AND service_name = ?")
-            .bind(service_name)
-            .execute(&mut *tx)
-            .await?;
+        // IMMEDIATE: this reads, then writes, and must not lose the write lock in between.
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let known =
+            sqlx::query("SELECT id, service_name, is_active FROM api_keys WHERE key_hash = ?")
+                .bind(&digest)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let kept = match known {
+            Some(row) => {
+                let owner: String = row.try_get("service_name")?;
+                if owner != service_name {
+                    return Ok(EnvKeyChange::OtherService(owner));
+                }
+                if !row.try_get::<Option<bool>, _>("is_active")?.unwrap_or(true) {
+                    return Ok(EnvKeyChange::Revoked);
+                }
+                Some(row.try_get::<i64, _>("id")?)
+            }
+            None => None,
+        };
+        // Only one key from the environment per service: the earlier one is replaced.
         sqlx::query(
-            "INSERT INTO api_keys (key_hash, service_name, created_at, is_active, source) \
-             VALUES (?, ?, ?, 1, 'env') \
-             ON CONFLICT (key_hash) DO UPDATE SET service_name = excluded.service_name, \
-             is_active = 1, source = 'env'",
+            "UPDATE api_keys SET is_active = 0 \
+             WHERE source = 'env' AND service_name = ? AND id IS NOT ?",
         )
-        .bind(&digest)
         .bind(service_name)
-        .bind(timestamp_text(&Utc::now()))
+        .bind(kept)
         .execute(&mut *tx)
         .await?;
+        let change = match kept {
+            Some(id) => {
+                // Marked as the environment's, so that a later change of the variable replaces
+                // it. A limit of 1000 is what the Python service (and earlier versions of this
+                // one) wrote for every such key, not an operator's choice: cleared, the key
+                // follows `default_limit` (METRICS_RATE_LIMIT).
+                sqlx::query(
+                    "UPDATE api_keys SET source = 'env', rate_limit = NULLIF(rate_limit, 1000) \
+                     WHERE id = ?",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                EnvKeyChange::Unchanged
+            }
+            None => {
+                // rate_limit NULL: the key follows `default_limit` (METRICS_RATE_LIMIT).
+                sqlx::query(
+                    "INSERT INTO api_keys \
+                     (key_hash, service_name, created_at, is_active, rate_limit, source) \
+                     VALUES (?, ?, ?, 1, NULL, 'env')",
+                )
+                .bind(&digest)
+                .bind(service_name)
+                .bind(timestamp_text(&Utc::now()))
+                .execute(&mut *tx)
+                .await?;
+                EnvKeyChange::Registered
+            }
+        };
         tx.commit().await?;
-        Ok(EnvKeyChange::Registered)
+        Ok(change)
     }
 
     pub async fn list_keys(&self) -> anyhow::Result<Vec<KeyRecord>> {
@@ -223,6 +261,126 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         );
         assert_ne!(generate_key(), key);
+    }
+
+    async fn store() -> (tempfile::TempDir, std::sync::Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("metrics.db")).await.unwrap();
+        (dir, store)
+    }
+
+    async fn key_of(store: &Store, service: &str) -> KeyRecord {
+        let keys = store.list_keys().await.unwrap();
+        let mut of_service = keys.into_iter().filter(|k| k.service_name == service);
+        let key = of_service.next().expect("a key of the service");
+        assert!(of_service.next().is_none(), "one key of {service}");
+        key
+    }
+
+    #[tokio::test]
+    async fn an_env_key_follows_the_default_limit() {
+        let (_dir, store) = store().await;
+        let change = store
+            .register_env_key("auth", "mcp_metrics_a")
+            .await
+            .unwrap();
+        assert_eq!(change, EnvKeyChange::Registered);
+        let key = key_of(&store, "auth").await;
+        assert_eq!((key.rate_limit, key.source.as_deref()), (None, Some("env")));
+        let info = store
+            .find_active_key(&hash_key("mcp_metrics_a"))
+            .await
+            .unwrap();
+        assert_eq!(info.unwrap().rate_limit, None);
+    }
+
+    #[tokio::test]
+    async fn a_python_era_key_becomes_the_env_key_so_a_rotation_replaces_it() {
+        let (_dir, store) = store().await;
+        // As the Python service registers its environment's keys.
+        sqlx::query(
+            "INSERT INTO api_keys (key_hash, service_name, created_at, is_active, rate_limit) \
+             VALUES (?, 'auth', '2025-01-01 00:00:00', 1, 1000)",
+        )
+        .bind(hash_key("mcp_metrics_old"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let change = store
+            .register_env_key("auth", "mcp_metrics_old")
+            .await
+            .unwrap();
+        assert_eq!(change, EnvKeyChange::Unchanged);
+        let old = key_of(&store, "auth").await;
+        assert_eq!(old.source.as_deref(), Some("env"));
+        assert_eq!(old.rate_limit, None, "the Python default gives way to ours");
+
+        store
+            .register_env_key("auth", "mcp_metrics_new")
+            .await
+            .unwrap();
+        let keys = store.list_keys().await.unwrap();
+        assert!(!keys.iter().find(|k| k.id == old.id).unwrap().is_active);
+        assert!(keys.iter().any(|k| k.id != old.id && k.is_active));
+    }
+
+    #[tokio::test]
+    async fn a_limit_set_on_a_key_other_than_1000_is_kept() {
+        let (_dir, store) = store().await;
+        store
+            .register_env_key("auth", "mcp_metrics_a")
+            .await
+            .unwrap();
+        sqlx::query("UPDATE api_keys SET rate_limit = 50")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store
+            .register_env_key("auth", "mcp_metrics_a")
+            .await
+            .unwrap();
+        assert_eq!(key_of(&store, "auth").await.rate_limit, Some(50));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_env_key_is_not_revived_by_a_restart() {
+        let (_dir, store) = store().await;
+        store
+            .register_env_key("auth", "mcp_metrics_a")
+            .await
+            .unwrap();
+        let key = key_of(&store, "auth").await;
+        assert!(store.revoke_key(key.id).await.unwrap());
+        let change = store
+            .register_env_key("auth", "mcp_metrics_a")
+            .await
+            .unwrap();
+        assert_eq!(change, EnvKeyChange::Revoked);
+        assert_eq!(
+            key_of(&store, "auth").await,
+            KeyRecord {
+                is_active: false,
+                ..key
+            }
+        );
+        let found = store
+            .find_active_key(&hash_key("mcp_metrics_a"))
+            .await
+            .unwrap();
+        assert_eq!(found, None);
+    }
+
+    #[tokio::test]
+    async fn a_key_of_another_service_is_not_taken_from_it() {
+        let (_dir, store) = store().await;
+        let (cli, key) = store
+            .create_key("registry", Some(600), false)
+            .await
+            .unwrap();
+        let change = store.register_env_key("auth", &key).await.unwrap();
+        assert_eq!(change, EnvKeyChange::OtherService("registry".into()));
+        let keys = store.list_keys().await.unwrap();
+        assert_eq!(keys, [cli], "the key is left as it was, nothing added");
     }
 
     #[test]

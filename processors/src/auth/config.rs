@@ -6,7 +6,7 @@ use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Consumer, Processor, ProcessorConfig,
     ProcessorRegistration, async_trait, inventory,
 };
-use mcp_metrics_store::{KeyCache, Store};
+use mcp_metrics_store::{EnvKeyChange, KeyCache, Store};
 use serde::{Deserialize, Serialize};
 
 use super::AuthProcessor;
@@ -76,8 +76,20 @@ pub async fn register_env_keys(
             continue;
         }
         let service = service.to_lowercase().replace('_', "-");
-        let change = store.register_env_key(&service, key.trim()).await?;
-        tracing::info!(%service, ?change, "API key from {name}");
+        match store.register_env_key(&service, key.trim()).await? {
+            EnvKeyChange::Revoked => tracing::warn!(
+                %service,
+                "the API key in {name} was revoked and stays revoked; set a new key in {name} \
+                 or make one with `keys create`"
+            ),
+            EnvKeyChange::OtherService(owner) => tracing::warn!(
+                %service,
+                %owner,
+                "the API key in {name} is already a key of service {owner:?} and stays one; \
+                 give {name} a key of its own"
+            ),
+            change => tracing::info!(%service, ?change, "API key from {name}"),
+        }
     }
     Ok(())
 }
