@@ -183,6 +183,13 @@ async fn operator_endpoints_answer_behind_the_key_check() {
         assert_eq!(reply.body["limit"], 10);
         assert_eq!(reply.body["remaining"], 7);
         assert!(reply.body["reset_seconds"].as_u64().unwrap() >= 1);
+        // The same under the Python service's names.
+        assert_eq!(reply.body["rate_limit"], 10);
+        assert_eq!(reply.body["available_tokens"], 7);
+        assert_eq!(
+            reply.body["reset_time_seconds"],
+            reply.body["reset_seconds"]
+        );
     }
 
     // /flush writes what the batch holds (an hour's timeout) now.
@@ -202,6 +209,14 @@ async fn operator_endpoints_answer_behind_the_key_check() {
         "/admin/retention/preview",
     ] {
         let reply = call(&svc, "GET", path, &key, None).await;
+        assert_eq!(reply.status, 403, "{path}");
+        assert_eq!(reply.error(), "forbidden");
+    }
+    for (method, path) in [
+        ("PUT", "/admin/retention/policies/metrics?retention_days=1"),
+        ("POST", "/admin/retention/cleanup?dry_run=false"),
+    ] {
+        let reply = call(&svc, method, path, &key, None).await;
         assert_eq!(reply.status, 403, "{path}");
         assert_eq!(reply.error(), "forbidden");
     }
@@ -292,14 +307,178 @@ async fn operator_endpoints_answer_behind_the_key_check() {
         3,
         "a dry run deletes nothing"
     );
+    // Without `dry_run`, a dry run too, as in the Python service.
     let reply = call(&svc, "POST", "/admin/retention/cleanup", &admin, None).await;
-    assert_eq!(reply.status, 200);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["dry_run"], true);
+    assert_eq!(reply.body["tables"][0]["rows_to_delete"], 3);
+    assert_eq!(svc.store().await.row_counts().await.unwrap()["metrics"], 3);
+    // An empty table_name is every table.
+    let reply = call(
+        &svc,
+        "POST",
+        "/admin/retention/cleanup?table_name=&dry_run=False",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["dry_run"], false);
     assert_eq!(reply.body["tables"][0]["rows_deleted"], 3);
     let counts = svc.store().await.row_counts().await.unwrap();
     assert_eq!(
         (counts["metrics"], counts["auth_metrics"]),
         (0, 3),
         "only the table with a policy"
+    );
+}
+
+#[tokio::test]
+async fn operator_endpoints_read_parameters_as_the_python_service_and_refuse_in_json() {
+    let svc = TestService::with_config(&default_pipeline_with(
+        "http: {host: 127.0.0.1, port: 0, database: '{dir}/metrics.db'}",
+        "http: {host: 127.0.0.1, port: 0, database: '{dir}/metrics.db', max_request_size: 1KiB}",
+    ))
+    .await;
+    let (_, admin) = svc
+        .store()
+        .await
+        .create_key("ops", None, true)
+        .await
+        .unwrap();
+    let policy = |table: &'static str| {
+        let svc = &svc;
+        let admin = admin.clone();
+        async move {
+            let reply = call(svc, "GET", "/admin/retention/policies", &admin, None).await;
+            let policies = reply.body["policies"].as_array().unwrap().clone();
+            let found = policies.into_iter().find(|p| p["table_name"] == table);
+            let found = found.unwrap();
+            (found["retention_days"].clone(), found["is_active"].clone())
+        }
+    };
+
+    // PUT takes retention_days and is_active as query parameters, as the Python service does.
+    let reply = call(
+        &svc,
+        "PUT",
+        "/admin/retention/policies/auth_metrics?retention_days=45&is_active=False",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(policy("auth_metrics").await, (json!(45), json!(false)));
+    // is_active defaults to true; a query parameter wins over the body.
+    let reply = call(
+        &svc,
+        "PUT",
+        "/admin/retention/policies/auth_metrics?retention_days=20",
+        &admin,
+        Some(json!({"retention_days": 10})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(policy("auth_metrics").await, (json!(20), json!(true)));
+
+    // Booleans as FastAPI reads them.
+    for (text, active) in [
+        ("1", true),
+        ("0", false),
+        ("yes", true),
+        ("no", false),
+        ("True", true),
+        ("false", false),
+    ] {
+        let path =
+            format!("/admin/retention/policies/tool_metrics?retention_days=7&is_active={text}");
+        let reply = call(&svc, "PUT", &path, &admin, None).await;
+        assert_eq!(reply.status, 200, "{text}: {}", reply.body);
+        assert_eq!(
+            policy("tool_metrics").await,
+            (json!(7), json!(active)),
+            "{text}"
+        );
+    }
+    for text in ["1", "yes", "True"] {
+        let path = format!("/admin/retention/cleanup?dry_run={text}");
+        let reply = call(&svc, "POST", &path, &admin, None).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body["dry_run"], true, "{text}");
+    }
+
+    // Every refusal is the contract's JSON error body (Reply::from fails on anything else).
+    let too_large = json!({"retention_days": 1, "padding": "x".repeat(2000)});
+    for (method, path, body, status, error) in [
+        (
+            "POST",
+            "/admin/retention/cleanup?dry_run=maybe",
+            None,
+            422,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/admin/retention/preview?table_name=nope",
+            None,
+            404,
+            "unknown_table",
+        ),
+        (
+            "PUT",
+            "/admin/retention/policies/metrics?retention_days=abc",
+            None,
+            422,
+            "invalid_request",
+        ),
+        (
+            "PUT",
+            "/admin/retention/policies/metrics?retention_days=-1",
+            None,
+            422,
+            "invalid_request",
+        ),
+        (
+            "PUT",
+            "/admin/retention/policies/metrics?is_active=true",
+            None,
+            422,
+            "invalid_request",
+        ),
+        (
+            "PUT",
+            "/admin/retention/policies/metrics",
+            Some(json!({"days": 30})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "PUT",
+            "/admin/retention/policies/%FF",
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
+            "PUT",
+            "/admin/retention/policies/metrics",
+            Some(too_large),
+            413,
+            "request_too_large",
+        ),
+    ] {
+        let reply = call(&svc, method, path, &admin, body).await;
+        assert_eq!(
+            (reply.status, reply.error()),
+            (status, error),
+            "{method} {path}: {}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        policy("metrics").await,
+        (json!(0), json!(false)),
+        "no refused request changed a policy"
     );
 }
 

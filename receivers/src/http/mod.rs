@@ -29,7 +29,7 @@ use mcp_metrics_plugin::{
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use wire::{decode_metric, decode_request, outcome_reply, refusal_reply, request_id};
+use wire::{body_refusal, decode_metric, decode_request, outcome_reply, refusal_reply, request_id};
 
 pub struct HttpReceiver {
     config: HttpConfig,
@@ -158,15 +158,7 @@ async fn take_metrics(
     points: &mut usize,
 ) -> Result<(usize, Outcome), Refusal> {
     let received_at = Utc::now();
-    let body = body.map_err(|rejection| {
-        let status = rejection.status().as_u16();
-        let error = if status == 413 {
-            "request_too_large"
-        } else {
-            "unreadable_body"
-        };
-        Refusal::new(status, error, rejection.body_text())
-    })?;
+    let body = body.map_err(body_refusal)?;
     check_content_type(headers)?;
     let wire = decode_request(&body)?;
     let total = wire.metrics.len();

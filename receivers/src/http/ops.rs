@@ -2,11 +2,13 @@
 //! `GET /rate-limit`, `POST /flush`, and, for admin keys, retention policies, preview and
 //! cleanup, and database stats and size.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -19,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::App;
-use super::wire::{refusal_reply, request_id, success_reply};
+use super::wire::{body_refusal, refusal_reply, request_id, success_reply};
 
 /// How long `POST /flush` waits for the exporters.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -141,12 +143,21 @@ async fn rate_limit(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
             key: Some(key.clone()),
         };
         let state = ops.control.rate_limit(&context);
+        let (limit, remaining, reset) = (
+            state.map(|s| s.limit),
+            state.map(|s| s.remaining),
+            state.map(|s| s.reset_seconds),
+        );
         Ok(json!({
             "service": key.service_name,
-            "limit": state.map(|s| s.limit),
-            "remaining": state.map(|s| s.remaining),
-            "reset_seconds": state.map(|s| s.reset_seconds),
+            "limit": limit,
+            "remaining": remaining,
+            "reset_seconds": reset,
             "rate_limited": state.is_some(),
+            // The Python service's names for the same, which its operators' scripts read.
+            "rate_limit": limit,
+            "available_tokens": remaining,
+            "reset_time_seconds": reset,
         }))
     })
     .await
@@ -187,70 +198,123 @@ async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyUpdate {
-    retention_days: u32,
-    #[serde(default = "active")]
-    is_active: bool,
+/// The query string; its values are read by the endpoints, so a bad one gets the contract's
+/// error body rather than the framework's plain text.
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(query: Params) -> Result<HashMap<String, String>, Refusal> {
+    query
+        .map(|Query(params)| params)
+        .map_err(|rejection| Refusal::new(400, "invalid_request", rejection.body_text()))
 }
 
-fn active() -> bool {
-    true
+/// A boolean as the Python service (FastAPI) reads one: true/false, 1/0, yes/no, on/off, t/f,
+/// y/n, in any case.
+fn boolean(name: &str, value: &str) -> Result<bool, Refusal> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Ok(true),
+        "false" | "0" | "no" | "off" | "f" | "n" => Ok(false),
+        _ => Err(Refusal::new(
+            422,
+            "invalid_request",
+            format!("{name}: {value:?} is not a boolean (true or false)"),
+        )),
+    }
+}
+
+fn boolean_param(params: &HashMap<String, String>, name: &str) -> Result<Option<bool>, Refusal> {
+    params.get(name).map(|v| boolean(name, v)).transpose()
+}
+
+/// `table_name`: one metrics table, or all of them when absent or empty.
+fn table_param(params: &HashMap<String, String>) -> Result<Option<&'static str>, Refusal> {
+    match params.get("table_name").map(|t| t.trim()) {
+        None | Some("") => Ok(None),
+        Some(name) => known_table(name).map(Some),
+    }
+}
+
+/// A policy in a JSON body; the Python service takes the same as query parameters.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PolicyUpdate {
+    retention_days: Option<u32>,
+    is_active: Option<bool>,
+}
+
+/// `(retention_days, is_active)` from the query or a JSON body; a query parameter wins.
+fn policy_update(params: &HashMap<String, String>, body: &[u8]) -> Result<(u32, bool), Refusal> {
+    let invalid = |message: String| Refusal::new(422, "invalid_request", message);
+    let mut update = PolicyUpdate::default();
+    if !body.trim_ascii().is_empty() {
+        update = serde_json::from_slice(body).map_err(|e| invalid(format!("body: {e}")))?;
+    }
+    if let Some(days) = params.get("retention_days") {
+        let days = days.trim().parse().map_err(|_| {
+            invalid(format!(
+                "retention_days: {days:?} is not a whole number of days"
+            ))
+        })?;
+        update.retention_days = Some(days);
+    }
+    if let Some(active) = boolean_param(params, "is_active")? {
+        update.is_active = Some(active);
+    }
+    let days = update.retention_days.ok_or_else(|| {
+        invalid(
+            "retention_days is required: ?retention_days=N&is_active=true, or a JSON body \
+             {\"retention_days\": N, \"is_active\": true}"
+                .into(),
+        )
+    })?;
+    Ok((days, update.is_active.unwrap_or(true)))
 }
 
 async fn set_policy(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(table): Path<String>,
-    body: Bytes,
+    table: Result<Path<String>, PathRejection>,
+    query: Params,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     guarded(&app, &headers, true, |ops, _| async move {
+        let Path(table) = table.map_err(|r| Refusal::new(400, "invalid_request", r.body_text()))?;
         let table = known_table(&table)?;
-        let update: PolicyUpdate = serde_json::from_slice(&body).map_err(|e| {
-            Refusal::new(422, "invalid_request", format!("body must be {{\"retention_days\": N, \"is_active\": bool}}: {e}"))
-        })?;
+        let body = body.map_err(body_refusal)?;
+        let (retention_days, is_active) = policy_update(&params(query)?, &body)?;
         ops.store
-            .set_retention_policy(table, update.retention_days, update.is_active)
+            .set_retention_policy(table, retention_days, is_active)
             .await
             .map_err(database_error)?;
-        Ok(json!({"table_name": table, "retention_days": update.retention_days, "is_active": update.is_active}))
+        Ok(json!({"table_name": table, "retention_days": retention_days, "is_active": is_active}))
     })
     .await
 }
 
-#[derive(Deserialize)]
-struct RetentionQuery {
-    table_name: Option<String>,
-    #[serde(default)]
+async fn preview(State(app): State<Arc<App>>, headers: HeaderMap, query: Params) -> Response {
+    guarded(&app, &headers, true, |ops, _| async move {
+        let params = params(query)?;
+        retention(ops, table_param(&params)?, true).await
+    })
+    .await
+}
+
+async fn cleanup(State(app): State<Arc<App>>, headers: HeaderMap, query: Params) -> Response {
+    guarded(&app, &headers, true, |ops, _| async move {
+        let params = params(query)?;
+        let table = table_param(&params)?;
+        // A dry run unless asked otherwise, as in the Python service: deleting takes intent.
+        let dry_run = boolean_param(&params, "dry_run")?.unwrap_or(true);
+        retention(ops, table, dry_run).await
+    })
+    .await
+}
+
+async fn retention(
+    ops: Arc<Ops>,
+    table: Option<&'static str>,
     dry_run: bool,
-}
-
-async fn preview(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(query): Query<RetentionQuery>,
-) -> Response {
-    guarded(&app, &headers, true, |ops, _| {
-        retention(ops, query.table_name, true)
-    })
-    .await
-}
-
-async fn cleanup(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(query): Query<RetentionQuery>,
-) -> Response {
-    let dry_run = query.dry_run;
-    guarded(&app, &headers, true, |ops, _| {
-        retention(ops, query.table_name, dry_run)
-    })
-    .await
-}
-
-async fn retention(ops: Arc<Ops>, table: Option<String>, dry_run: bool) -> Result<Value, Refusal> {
-    let table = table.as_deref().map(known_table).transpose()?;
+) -> Result<Value, Refusal> {
     let runs = ops
         .store
         .apply_retention(table, dry_run)

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -51,6 +52,17 @@ pub fn decode_request(body: &[u8]) -> Result<WireRequest<'_>, Refusal> {
             )
         }
     })
+}
+
+/// Why a body could not be read: too large, or cut off.
+pub fn body_refusal(rejection: BytesRejection) -> Refusal {
+    let status = rejection.status().as_u16();
+    let error = if status == 413 {
+        "request_too_large"
+    } else {
+        "unreadable_body"
+    };
+    Refusal::new(status, error, rejection.body_text())
 }
 
 /// Reads one metric; `received_at` stands in for a missing timestamp.
