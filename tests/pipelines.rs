@@ -78,50 +78,6 @@ async fn with_acknowledgements_a_200_means_committed() {
 }
 
 #[tokio::test]
-async fn a_database_of_the_python_service_opens_with_its_rows_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("metrics.db");
-    {
-        // The contract's schema as the Python service creates it, with a row and an extra table.
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-            .await
-            .unwrap();
-        for statement in [
-            "CREATE TABLE api_keys (id INTEGER PRIMARY KEY AUTOINCREMENT, key_hash TEXT UNIQUE NOT NULL, service_name TEXT NOT NULL, created_at TEXT NOT NULL, last_used_at TEXT, is_active BOOLEAN DEFAULT 1, rate_limit INTEGER DEFAULT 1000)",
-            "CREATE TABLE metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, service TEXT NOT NULL, service_version TEXT, instance_id TEXT, metric_type TEXT NOT NULL, timestamp TEXT NOT NULL, value REAL NOT NULL, duration_ms REAL, dimensions TEXT, metadata TEXT, created_at TEXT DEFAULT (datetime('now')))",
-            "INSERT INTO metrics (request_id, service, metric_type, timestamp, value) VALUES ('req_old', 'auth-server', 'auth_request', '2024-01-15T10:30:00', 1.0)",
-            "CREATE TABLE extra_table (x INTEGER)",
-            "INSERT INTO extra_table VALUES (7)",
-        ] {
-            sqlx::query(statement).execute(&pool).await.unwrap();
-        }
-        pool.close().await;
-    }
-    let mut svc = TestService::in_dir(dir, DEFAULT_PIPELINE).await;
-    let key = svc.key("auth-server").await;
-    assert_eq!(svc.post(Some(&key), &example_request()).await.status, 200);
-    svc.shutdown().await;
-
-    let store = svc.store().await;
-    let counts = store.row_counts().await.unwrap();
-    assert_eq!(
-        counts["metrics"], 2,
-        "the old row is kept and the new one added"
-    );
-    assert_eq!(counts["auth_metrics"], 1, "missing tables were created");
-    let extra: i64 = sqlx::query_scalar("SELECT x FROM extra_table")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    assert_eq!(extra, 7);
-    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    assert!(applied >= 1);
-}
-
-#[tokio::test]
 async fn a_filter_routes_auth_metrics_and_the_rest_to_two_files() {
     let mut svc = TestService::with_config(
         "
