@@ -342,3 +342,216 @@ async fn other_routes_answer_with_the_contract_error_body() {
     assert_eq!(reply.status, 405);
     assert_eq!(reply.error(), "method_not_allowed");
 }
+
+#[tokio::test]
+async fn typed_columns_take_booleans_and_numbers_as_clients_spell_them() {
+    let mut svc = TestService::start().await;
+    let key = svc.key("registry").await;
+    let body = json!({
+        "service": "registry",
+        "metrics": [
+            {"type": "auth_request", "value": 1, "dimensions": {"success": "false"}},
+            {"type": "tool_execution", "value": 1, "dimensions": {"success": "True"},
+             "metadata": {"input_size_bytes": 128.0}},
+            {"type": "tool_discovery", "value": 1,
+             "dimensions": {"results_count": 5.0, "top_k_services": "3"}}
+        ]
+    });
+    let reply = svc.post(Some(&key), &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 3);
+    svc.shutdown().await;
+
+    // Stored as SQLite integers, not as the text or real the client sent.
+    let store = svc.store().await;
+    let cell = |sql: &'static str| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (i64, String)>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let integer = |n: i64| (n, "integer".to_owned());
+    assert_eq!(
+        cell("SELECT success, typeof(success) FROM auth_metrics").await,
+        integer(0)
+    );
+    assert_eq!(
+        cell("SELECT success, typeof(success) FROM tool_metrics").await,
+        integer(1)
+    );
+    assert_eq!(
+        cell("SELECT input_size_bytes, typeof(input_size_bytes) FROM tool_metrics").await,
+        integer(128)
+    );
+    assert_eq!(
+        cell("SELECT results_count, typeof(results_count) FROM discovery_metrics").await,
+        integer(5)
+    );
+    assert_eq!(
+        cell("SELECT top_k_services, typeof(top_k_services) FROM discovery_metrics").await,
+        integer(3)
+    );
+}
+
+/// The contract's tables with their columns and declared types (shared/design.md).
+const CONTRACT_TABLES: &[(&str, &[(&str, &str)])] = &[
+    (
+        "api_keys",
+        &[
+            ("id", "INTEGER"),
+            ("key_hash", "TEXT"),
+            ("service_name", "TEXT"),
+            ("created_at", "TEXT"),
+            ("last_used_at", "TEXT"),
+            ("is_active", "BOOLEAN"),
+            ("rate_limit", "INTEGER"),
+        ],
+    ),
+    (
+        "metrics",
+        &[
+            ("id", "INTEGER"),
+            ("request_id", "TEXT"),
+            ("service", "TEXT"),
+            ("service_version", "TEXT"),
+            ("instance_id", "TEXT"),
+            ("metric_type", "TEXT"),
+            ("timestamp", "TEXT"),
+            ("value", "REAL"),
+            ("duration_ms", "REAL"),
+            ("dimensions", "TEXT"),
+            ("metadata", "TEXT"),
+            ("created_at", "TEXT"),
+        ],
+    ),
+    (
+        "auth_metrics",
+        &[
+            ("id", "INTEGER"),
+            ("request_id", "TEXT"),
+            ("timestamp", "TEXT"),
+            ("service", "TEXT"),
+            ("duration_ms", "REAL"),
+            ("success", "BOOLEAN"),
+            ("method", "TEXT"),
+            ("server", "TEXT"),
+            ("user_hash", "TEXT"),
+            ("error_code", "TEXT"),
+            ("created_at", "TEXT"),
+        ],
+    ),
+    (
+        "discovery_metrics",
+        &[
+            ("id", "INTEGER"),
+            ("request_id", "TEXT"),
+            ("timestamp", "TEXT"),
+            ("service", "TEXT"),
+            ("duration_ms", "REAL"),
+            ("query", "TEXT"),
+            ("results_count", "INTEGER"),
+            ("top_k_services", "INTEGER"),
+            ("top_n_tools", "INTEGER"),
+            ("embedding_time_ms", "REAL"),
+            ("faiss_search_time_ms", "REAL"),
+            ("created_at", "TEXT"),
+        ],
+    ),
+    (
+        "tool_metrics",
+        &[
+            ("id", "INTEGER"),
+            ("request_id", "TEXT"),
+            ("timestamp", "TEXT"),
+            ("service", "TEXT"),
+            ("duration_ms", "REAL"),
+            ("tool_name", "TEXT"),
+            ("server_path", "TEXT"),
+            ("server_name", "TEXT"),
+            ("success", "BOOLEAN"),
+            ("error_code", "TEXT"),
+            ("input_size_bytes", "INTEGER"),
+            ("output_size_bytes", "INTEGER"),
+            ("created_at", "TEXT"),
+        ],
+    ),
+];
+
+/// The contract's 13 indexes, by table and columns.
+const CONTRACT_INDEXES: [(&str, &[&str]); 13] = [
+    ("metrics", &["timestamp"]),
+    ("metrics", &["service", "metric_type"]),
+    ("metrics", &["metric_type", "timestamp"]),
+    ("auth_metrics", &["timestamp"]),
+    ("auth_metrics", &["success", "timestamp"]),
+    ("auth_metrics", &["user_hash", "timestamp"]),
+    ("discovery_metrics", &["timestamp"]),
+    ("discovery_metrics", &["results_count", "timestamp"]),
+    ("tool_metrics", &["timestamp"]),
+    ("tool_metrics", &["tool_name", "timestamp"]),
+    ("tool_metrics", &["success", "timestamp"]),
+    ("api_keys", &["key_hash"]),
+    ("api_keys", &["service_name"]),
+];
+
+#[tokio::test]
+async fn a_fresh_database_has_the_contract_schema_in_wal_mode() {
+    let svc = TestService::start().await;
+    // A connection of its own that sets no journal mode, so it reads the file's.
+    let url = format!("sqlite://{}", svc.db_path().display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+
+    for (table, expected) in CONTRACT_TABLES {
+        let columns: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, type FROM pragma_table_info(?) ORDER BY cid")
+                .bind(table)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        for (name, declared) in *expected {
+            assert!(
+                columns.contains(&(name.to_string(), declared.to_string())),
+                "{table}.{name} {declared}: {columns:?}"
+            );
+        }
+    }
+
+    // Indexes made by CREATE INDEX (not the one UNIQUE makes), by their columns in order.
+    let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
+    for (table, _) in CONTRACT_TABLES {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_index_list(?) WHERE origin = 'c'")
+                .bind(table)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        for name in names {
+            let columns =
+                sqlx::query_scalar("SELECT name FROM pragma_index_info(?) ORDER BY seqno")
+                    .bind(&name)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            indexes.push((table.to_string(), columns));
+        }
+    }
+    for (table, columns) in CONTRACT_INDEXES {
+        let wanted = (
+            table.to_owned(),
+            columns.iter().map(|c| c.to_string()).collect(),
+        );
+        assert!(
+            indexes.contains(&wanted),
+            "no index {table}{columns:?}: {indexes:?}"
+        );
+    }
+
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
