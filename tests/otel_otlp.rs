@@ -268,7 +268,7 @@ async fn every_metric_type_arrives_over_http_protobuf_with_the_final_push() {
         ("service", "auth-server"),
         ("metric_type", "auth_request"),
         ("method", "jwt"),
-        ("success", "true"),
+        ("success", "True"),
         ("server", "mcpgw"),
         ("user_hash", "user_abc123"),
     ]);

@@ -115,7 +115,7 @@ async fn every_metric_type_is_scraped_with_exact_series_and_values() {
         "auth_request",
         &[
             ("method", "jwt"),
-            ("success", "true"),
+            ("success", "True"),
             ("server", "mcpgw"),
             ("user_hash", "user_abc123"),
         ],
@@ -126,7 +126,7 @@ async fn every_metric_type_is_scraped_with_exact_series_and_values() {
     );
     let execution = svc_labels(
         "tool_execution",
-        &[("tool_name", "get_weather"), ("success", "false")],
+        &[("tool_name", "get_weather"), ("success", "False")],
     );
     let registry = svc_labels("registry_operation", &[("operation", "register")]);
     let health = svc_labels("health_check", &[("status", "healthy")]);
@@ -254,7 +254,7 @@ async fn values_add_up_across_requests_and_services() {
             ("service", service),
             ("metric_type", "auth_request"),
             ("method", "jwt"),
-            ("success", "true"),
+            ("success", "True"),
         ]
     };
     let name = "mcp_auth_requests_total";
@@ -290,7 +290,7 @@ async fn label_names_are_sanitised_and_values_are_text() {
         ("metric_type", "custom"),
         ("server_name", "a"),
         ("http_status", "200"),
-        ("_2fa", "true"),
+        ("_2fa", "True"),
         ("exported_service", "spoofed"),
         ("_name__", "x"),
         ("ratio", "0.25"),
@@ -328,7 +328,7 @@ async fn an_allow_list_keeps_only_the_named_dimensions() {
         ("service", "auth-server"),
         ("metric_type", "auth_request"),
         ("method", "jwt"),
-        ("success", "true"),
+        ("success", "True"),
     ];
     assert_eq!(scraped.value("mcp_auth_requests_total", &labels), Some(5.0));
     svc.shutdown().await;
@@ -476,7 +476,7 @@ async fn the_default_config_serves_the_endpoint_on_the_configured_port() {
         ("service", "auth-server"),
         ("metric_type", "auth_request"),
         ("method", "jwt"),
-        ("success", "true"),
+        ("success", "True"),
         ("server", "mcpgw"),
         ("user_hash", "user_abc123"),
     ];

@@ -88,13 +88,16 @@ pub fn label_name(key: &str) -> Option<String> {
     Some(name)
 }
 
-/// A dimension's value as label text: strings as they are, booleans and numbers as JSON writes
-/// them (`true`, `1024`, `0.5`), arrays and objects as compact JSON; null has no label.
+/// A dimension's value as label text: strings as they are, booleans as `True` / `False`, numbers
+/// as JSON writes them (`1024`, `0.5`), arrays and objects as compact JSON; null has no label.
 pub fn label_value(value: &Value) -> Option<String> {
     let text = match value {
         Value::Null => return None,
         Value::String(text) => text.clone(),
-        Value::Bool(flag) => flag.to_string(),
+        // The deployed Python service wrote labels with `str()`, and the field's dashboards query
+        // `success="True"`: a drop-in replacement keeps that spelling.
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
         Value::Number(number) => number.to_string(),
         other => other.to_string(),
     };
@@ -131,7 +134,8 @@ mod tests {
     #[test]
     fn values_of_every_json_type() {
         assert_eq!(label_value(&json!("jwt")).unwrap(), "jwt");
-        assert_eq!(label_value(&json!(true)).unwrap(), "true");
+        assert_eq!(label_value(&json!(true)).unwrap(), "True");
+        assert_eq!(label_value(&json!(false)).unwrap(), "False");
         assert_eq!(label_value(&json!(1024)).unwrap(), "1024");
         assert_eq!(label_value(&json!(0.5)).unwrap(), "0.5");
         assert_eq!(label_value(&json!([1, "a"])).unwrap(), r#"[1,"a"]"#);
@@ -155,7 +159,7 @@ mod tests {
                 ("metric_type", "auth_request"),
                 ("a_b", "2"),
                 ("method", "jwt"),
-                ("success", "true"),
+                ("success", "True"),
                 ("user_hash", "u1"),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
