@@ -306,6 +306,60 @@ async fn label_names_are_sanitised_and_values_are_text() {
 }
 
 #[tokio::test]
+async fn label_names_and_label_bytes_are_bounded_and_cuts_counted() {
+    let mut svc = TestService::with_config(&config("prometheus/wide", "")).await;
+    let key = svc.key("svc").await;
+    let long_name = json!({"type": "custom", "value": 1.0, "dimensions": {"n".repeat(150): "a"}});
+    // Ten dimensions of 258 bytes each (name and value): with `service="svc"` and
+    // `metric_type="health_check"` (33 bytes), seven fit in 2 KiB.
+    let wide: serde_json::Map<String, serde_json::Value> = (0..10)
+        .map(|i| (format!("k{i}"), json!("v".repeat(256))))
+        .collect();
+    let wide = json!({"type": "health_check", "value": 1.0, "dimensions": wide});
+    let reply = svc
+        .post(Some(&key), &request_of("svc", vec![long_name, wide]))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (text, scraped) = scrape(&svc, "prometheus/wide").await;
+
+    let name = "n".repeat(100);
+    let labels = [
+        ("service", "svc"),
+        ("metric_type", "custom"),
+        (name.as_str(), "a"),
+    ];
+    assert_eq!(
+        scraped.value("mcp_custom_metrics_total", &labels),
+        Some(1.0),
+        "the name is cut to 100 characters: {text}"
+    );
+
+    let value = "v".repeat(256);
+    let kept: Vec<(String, String)> = (0..7).map(|i| (format!("k{i}"), value.clone())).collect();
+    let mut labels = vec![("service", "svc"), ("metric_type", "health_check")];
+    labels.extend(kept.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    assert_eq!(
+        scraped.value("mcp_health_checks_total", &labels),
+        Some(1.0),
+        "k7 to k9 are left out: {text}"
+    );
+    let dropped = "mcp_metrics_exporter_dimensions_dropped_metric_points_total";
+    let by = |metric_type| {
+        [
+            ("exporter", "prometheus/wide"),
+            ("metric_type", metric_type),
+        ]
+    };
+    assert_eq!(
+        scraped.value(dropped, &by("health_check")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(scraped.value(dropped, &by("custom")), None, "{text}");
+    svc.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_allow_list_keeps_only_the_named_dimensions() {
     let yaml = config(
         "prometheus/allow",

@@ -18,6 +18,7 @@
 //! - `mcp_metrics_exporter_enqueue_failed_metric_points_total{exporter}`
 //! - `mcp_metrics_exporter_queue_size{exporter}`, `mcp_metrics_exporter_queue_capacity{exporter}`
 //! - `mcp_metrics_exporter_cardinality_overflow_metric_points_total{exporter, metric_type}`
+//! - `mcp_metrics_exporter_dimensions_dropped_metric_points_total{exporter, metric_type}`
 //! - `mcp_metrics_exporter_pushes_total{exporter, outcome}` (`success`/`failure`; push exporters)
 //! - `mcp_metrics_rate_limited_requests_total{service}`
 
@@ -43,6 +44,7 @@ struct Instruments {
     exporter_send_failed: Counter<u64>,
     exporter_enqueue_failed: Counter<u64>,
     cardinality_overflow: Counter<u64>,
+    dimensions_dropped: Counter<u64>,
     pushes: Counter<u64>,
     rate_limited: Counter<u64>,
     _queue_size: ObservableGauge<u64>,
@@ -113,6 +115,10 @@ pub fn attach(meter: &Meter) -> TelemetryGuard {
         cardinality_overflow: counter(
             "mcp_metrics_exporter_cardinality_overflow_metric_points",
             "Metric points whose labels would have passed the series limit; counted in the overflow series instead",
+        ),
+        dimensions_dropped: counter(
+            "mcp_metrics_exporter_dimensions_dropped_metric_points",
+            "Metric points recorded without some of their dimensions, which would have passed the most labels or label bytes a series carries",
         ),
         pushes: counter(
             "mcp_metrics_exporter_pushes",
@@ -232,6 +238,16 @@ pub fn cardinality_overflow(exporter: &str, metric_type: &str, points: usize) {
         KeyValue::new("metric_type", metric_type.to_owned()),
     ];
     each(|sink| sink.cardinality_overflow.add(points as u64, &attributes));
+}
+
+/// An exporter recorded `points` metric points of `metric_type` without some of their dimensions,
+/// because their labels would have passed the bounds of a series.
+pub fn dimensions_dropped(exporter: &str, metric_type: &str, points: usize) {
+    let attributes = [
+        KeyValue::new("exporter", exporter.to_owned()),
+        KeyValue::new("metric_type", metric_type.to_owned()),
+    ];
+    each(|sink| sink.dimensions_dropped.add(points as u64, &attributes));
 }
 
 /// A push exporter pushed to its endpoint, successfully or not.

@@ -14,8 +14,15 @@ pub const OVERFLOW_LABEL: &str = "otel_metric_overflow";
 /// Most dimension labels one series carries; further dimensions (by key order) are left out.
 pub const MAX_DIMENSION_LABELS: usize = 32;
 
+/// Longest dimension label name, in characters; longer names are cut.
+pub const MAX_LABEL_NAME_CHARS: usize = 100;
+
 /// Longest label value, in characters; longer values are cut.
 pub const MAX_LABEL_VALUE_CHARS: usize = 256;
+
+/// Most bytes of label names and values one series carries, `service` and `metric_type`
+/// included: the per-label caps alone would still allow 32 labels of over 1 KiB each.
+pub const MAX_SERIES_LABEL_BYTES: usize = 2048;
 
 /// Which dimensions become labels.
 #[derive(Debug, Clone, Default)]
@@ -24,26 +31,33 @@ pub struct LabelPolicy {
     pub allow: Option<BTreeSet<String>>,
 }
 
+/// The labels of one series.
+#[derive(Debug, PartialEq)]
+pub struct SeriesLabels {
+    pub labels: Vec<KeyValue>,
+    /// Whether dimensions were left out because the series was at its label bounds.
+    pub dimensions_dropped: bool,
+}
+
 impl LabelPolicy {
     /// `service`, `metric_type`, then the allowed dimensions sorted by key, each named as a
-    /// valid Prometheus label and valued as text. Null dimensions are left out.
+    /// valid Prometheus label and valued as text, until the next would pass
+    /// [`MAX_DIMENSION_LABELS`] or [`MAX_SERIES_LABEL_BYTES`]. Null dimensions are left out.
     pub fn labels(
         &self,
         service: &str,
         metric_type: &str,
         dimensions: &serde_json::Map<String, Value>,
-    ) -> Vec<KeyValue> {
+    ) -> SeriesLabels {
         let mut labels = vec![
             KeyValue::new("service", service.to_owned()),
             KeyValue::new("metric_type", metric_type.to_owned()),
         ];
+        let mut bytes = "service".len() + service.len() + "metric_type".len() + metric_type.len();
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut keys: Vec<&String> = dimensions.keys().collect();
         keys.sort();
         for key in keys {
-            if names.len() == MAX_DIMENSION_LABELS {
-                break;
-            }
             if self
                 .allow
                 .as_ref()
@@ -51,23 +65,34 @@ impl LabelPolicy {
             {
                 continue;
             }
-            let Some(value) = label_value(&dimensions[key]) else {
-                continue;
-            };
-            let Some(name) = label_name(key) else {
+            let (Some(value), Some(name)) = (label_value(&dimensions[key]), label_name(key)) else {
                 continue;
             };
             // Two keys that sanitise alike ("a.b", "a-b"): the first in key order wins.
-            if names.insert(name.clone()) {
-                labels.push(KeyValue::new(name, value));
+            if names.contains(&name) {
+                continue;
             }
+            let size = name.len() + value.len();
+            if names.len() == MAX_DIMENSION_LABELS || bytes + size > MAX_SERIES_LABEL_BYTES {
+                return SeriesLabels {
+                    labels,
+                    dimensions_dropped: true,
+                };
+            }
+            bytes += size;
+            names.insert(name.clone());
+            labels.push(KeyValue::new(name, value));
         }
-        labels
+        SeriesLabels {
+            labels,
+            dimensions_dropped: false,
+        }
     }
 }
 
 /// A valid Prometheus label name for a dimension key: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting
-/// with the reserved `__`, and not one of the labels every series has. `None` for an empty key.
+/// with the reserved `__`, not one of the labels every series has, at most
+/// [`MAX_LABEL_NAME_CHARS`] long. `None` for an empty key.
 pub fn label_name(key: &str) -> Option<String> {
     let mut name: String = key
         .chars()
@@ -85,6 +110,8 @@ pub fn label_name(key: &str) -> Option<String> {
     if RESERVED.contains(&name.as_str()) {
         name = format!("exported_{name}");
     }
+    // ASCII only by now, so a byte index is a character index.
+    name.truncate(MAX_LABEL_NAME_CHARS);
     Some(name)
 }
 
@@ -128,6 +155,8 @@ mod tests {
         assert_eq!(label_name("naïve").unwrap(), "na_ve");
         assert_eq!(label_name("service").unwrap(), "exported_service");
         assert_eq!(label_name("le").unwrap(), "exported_le");
+        let long = label_name(&"k".repeat(150)).unwrap();
+        assert_eq!(long, "k".repeat(MAX_LABEL_NAME_CHARS));
         assert_eq!(label_name(""), None);
     }
 
@@ -152,8 +181,9 @@ mod tests {
         let dimensions = json!({"success": true, "method": "jwt", "user_hash": "u1", "none": null, "a.b": 1, "a-b": 2});
         let dimensions = dimensions.as_object().unwrap();
         let all = LabelPolicy::default().labels("auth", "auth_request", dimensions);
+        assert!(!all.dimensions_dropped);
         assert_eq!(
-            pairs(&all),
+            pairs(&all.labels),
             [
                 ("service", "auth"),
                 ("metric_type", "auth_request"),
@@ -168,14 +198,50 @@ mod tests {
             allow: Some(["method".to_owned(), "success".to_owned()].into()),
         };
         let some = allow.labels("auth", "auth_request", dimensions);
-        assert_eq!(some.len(), 4);
+        assert_eq!(some.labels.len(), 4);
+        assert!(
+            !some.dimensions_dropped,
+            "left out by choice, not by a bound"
+        );
     }
 
     #[test]
     fn the_number_of_dimension_labels_is_bounded() {
         let dimensions: serde_json::Map<String, Value> =
             (0..100).map(|i| (format!("k{i:03}"), json!(i))).collect();
-        let labels = LabelPolicy::default().labels("s", "custom", &dimensions);
-        assert_eq!(labels.len(), 2 + MAX_DIMENSION_LABELS);
+        let series = LabelPolicy::default().labels("s", "custom", &dimensions);
+        assert_eq!(series.labels.len(), 2 + MAX_DIMENSION_LABELS);
+        assert!(series.dimensions_dropped);
+    }
+
+    #[test]
+    fn the_label_bytes_of_a_series_are_bounded() {
+        // Each dimension is a 2-byte name and a 256-byte value: 258 bytes. With the 25 bytes of
+        // `service="s"` and `metric_type="custom"`, 7 fit in 2048 bytes (1831); an 8th would not.
+        let dimensions: serde_json::Map<String, Value> = (0..10)
+            .map(|i| (format!("k{i}"), json!("v".repeat(MAX_LABEL_VALUE_CHARS))))
+            .collect();
+        let series = LabelPolicy::default().labels("s", "custom", &dimensions);
+        let names: Vec<String> = pairs(&series.labels).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            names,
+            [
+                "service",
+                "metric_type",
+                "k0",
+                "k1",
+                "k2",
+                "k3",
+                "k4",
+                "k5",
+                "k6"
+            ]
+        );
+        assert!(series.dimensions_dropped);
+        let bytes: usize = pairs(&series.labels)
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        assert!(bytes <= MAX_SERIES_LABEL_BYTES, "{bytes}");
     }
 }

@@ -117,17 +117,22 @@ impl Recorder {
     /// durations that are not a time (negative, not finite) are left out.
     pub fn record(&self, batch: &Batch) {
         let mut overflowed = [0usize; MetricType::ALL.len()];
+        let mut dimensions_dropped = [0usize; MetricType::ALL.len()];
         for (context, metric) in batch.metrics() {
             let index = MetricType::ALL
                 .iter()
                 .position(|t| *t == metric.metric_type)
                 .unwrap_or(0);
             let stream = &self.streams[index];
-            let mut labels = self.labels.labels(
+            let series = self.labels.labels(
                 &context.service,
                 metric.metric_type.as_str(),
                 &metric.dimensions,
             );
+            if series.dimensions_dropped {
+                dimensions_dropped[index] += 1;
+            }
+            let mut labels = series.labels;
             if !self.admit(stream, &labels) {
                 overflowed[index] += 1;
                 labels = vec![
@@ -142,10 +147,14 @@ impl Recorder {
                 stream.histogram.record(ms / 1000.0, &labels);
             }
         }
-        for (index, count) in overflowed.into_iter().enumerate() {
-            if count > 0 {
-                let metric_type = self.streams[index].metric_type.as_str();
-                telemetry::cardinality_overflow(&self.exporter, metric_type, count);
+        for (index, stream) in self.streams.iter().enumerate() {
+            let metric_type = stream.metric_type.as_str();
+            if overflowed[index] > 0 {
+                telemetry::cardinality_overflow(&self.exporter, metric_type, overflowed[index]);
+            }
+            if dimensions_dropped[index] > 0 {
+                let points = dimensions_dropped[index];
+                telemetry::dimensions_dropped(&self.exporter, metric_type, points);
             }
         }
     }
