@@ -113,11 +113,13 @@ impl OtlpConfig {
 
     /// Where pushes go: for OTLP/HTTP, the base URL with `/v1/metrics`.
     pub fn push_url(&self) -> Option<String> {
-        let endpoint = self.active_endpoint()?;
+        // `http://c:4318/` and `.../v1/metrics/` mean the same as without the slash.
+        let endpoint = self.active_endpoint()?.trim_end_matches('/');
         Some(match self.protocol {
-            Protocol::Grpc => endpoint.to_owned(),
-            Protocol::HttpProtobuf if endpoint.ends_with("/v1/metrics") => endpoint.to_owned(),
-            Protocol::HttpProtobuf => format!("{}/v1/metrics", endpoint.trim_end_matches('/')),
+            Protocol::HttpProtobuf if !endpoint.ends_with("/v1/metrics") => {
+                format!("{endpoint}/v1/metrics")
+            }
+            _ => endpoint.to_owned(),
         })
     }
 
@@ -202,10 +204,11 @@ mod tests {
         assert_eq!(url("http://c:4318"), "http://c:4318/v1/metrics");
         assert_eq!(url("http://c:4318/"), "http://c:4318/v1/metrics");
         assert_eq!(url("http://c:4318/v1/metrics"), "http://c:4318/v1/metrics");
-        assert_eq!(
-            config(Some("http://c:4317"), Protocol::Grpc).push_url(),
-            Some("http://c:4317".into())
-        );
+        assert_eq!(url("http://c:4318/v1/metrics/"), "http://c:4318/v1/metrics");
+        assert_eq!(url("https://g.net/otlp/"), "https://g.net/otlp/v1/metrics");
+        let grpc = |e| config(Some(e), Protocol::Grpc).push_url().unwrap();
+        assert_eq!(grpc("http://c:4317"), "http://c:4317");
+        assert_eq!(grpc("http://c:4317/"), "http://c:4317");
     }
 
     #[test]
