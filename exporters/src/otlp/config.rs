@@ -5,7 +5,7 @@ use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Exporter, ExporterConfig, ExporterRegistration,
     async_trait, inventory,
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::otel::settings::millis_or_text;
 use crate::otel::{Buckets, LabelPolicy, RecorderSettings};
@@ -23,6 +23,16 @@ pub enum Protocol {
     /// OTLP/gRPC, to `endpoint` as it is.
     #[serde(rename = "grpc")]
     Grpc,
+}
+
+impl Protocol {
+    /// Where a Collector on this machine listens for this protocol.
+    pub fn default_endpoint(self) -> &'static str {
+        match self {
+            Protocol::HttpProtobuf => "http://localhost:4318/v1/metrics",
+            Protocol::Grpc => "http://localhost:4317",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,9 +56,12 @@ pub enum Temporality {
 pub struct OtlpConfig {
     /// Where to push: a base URL such as `http://collector:4318` (OTLP/HTTP posts to
     /// `{endpoint}/v1/metrics`; a URL that already ends in `/v1/metrics` is taken as it is) or,
-    /// with `protocol: grpc`, the gRPC address such as `http://collector:4317`. Null or empty turns
-    /// the exporter off, which is how the default config pushes only when `OTEL_OTLP_ENDPOINT` is set.
-    pub endpoint: Option<String>,
+    /// with `protocol: grpc`, the gRPC address such as `http://collector:4317`.
+    /// Not given (`None`): the protocol's [`Protocol::default_endpoint`]. Null or empty
+    /// (`Some(None)`, `Some(Some(""))`): the exporter is off, which is how the default config
+    /// pushes only when `OTEL_OTLP_ENDPOINT` is set.
+    #[serde(deserialize_with = "given", skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Option<String>>,
     /// `http/protobuf` or `grpc`.
     pub protocol: Protocol,
     /// Headers sent with every push (for auth tokens); with gRPC, as request metadata.
@@ -84,7 +97,7 @@ pub struct OtlpConfig {
 impl Default for OtlpConfig {
     fn default() -> Self {
         OtlpConfig {
-            endpoint: Some("http://localhost:4318".into()),
+            endpoint: None,
             protocol: Protocol::HttpProtobuf,
             headers: BTreeMap::new(),
             export_interval: None,
@@ -105,10 +118,10 @@ impl Default for OtlpConfig {
 impl OtlpConfig {
     /// The endpoint, if the exporter is on.
     pub fn active_endpoint(&self) -> Option<&str> {
-        self.endpoint
-            .as_deref()
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
+        match &self.endpoint {
+            None => Some(self.protocol.default_endpoint()),
+            Some(given) => given.as_deref().map(str::trim).filter(|e| !e.is_empty()),
+        }
     }
 
     /// Where pushes go: for OTLP/HTTP, the base URL with `/v1/metrics`.
@@ -147,6 +160,12 @@ impl OtlpConfig {
     }
 }
 
+/// An `endpoint` key that is there, even as null, is `Some`: null turns the exporter off, while a
+/// missing key keeps the default `None`, the protocol's own endpoint.
+fn given<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
 impl ComponentConfig for OtlpConfig {
     fn validate(&self) -> Vec<String> {
         let mut problems = self.histogram_buckets.problems("histogram_buckets");
@@ -182,7 +201,7 @@ impl ExporterConfig for OtlpConfig {
 
 inventory::submit!(ExporterRegistration::of::<OtlpConfig>(
     "otlp",
-    "pushes per metric type a counter and a duration histogram to an OTLP endpoint (HTTP/protobuf or gRPC)"
+    "pushes per metric type a counter and a duration histogram to an OTLP endpoint (HTTP/protobuf or gRPC; with no `endpoint` key, the protocol's port on localhost)"
 ));
 
 #[cfg(test)]
@@ -191,7 +210,7 @@ mod tests {
 
     fn config(endpoint: Option<&str>, protocol: Protocol) -> OtlpConfig {
         OtlpConfig {
-            endpoint: endpoint.map(str::to_owned),
+            endpoint: Some(endpoint.map(str::to_owned)),
             protocol,
             ..OtlpConfig::default()
         }
@@ -211,10 +230,32 @@ mod tests {
         assert_eq!(grpc("http://c:4317/"), "http://c:4317");
     }
 
+    /// Decoded as the config file gives it, where a missing key and null differ.
+    fn decoded(settings: serde_json::Value) -> OtlpConfig {
+        serde_json::from_value(settings).unwrap()
+    }
+
     #[test]
-    fn no_endpoint_means_off() {
+    fn no_endpoint_key_means_the_protocol_s_local_default() {
+        let http = decoded(serde_json::json!({}));
+        assert_eq!(
+            http.push_url().as_deref(),
+            Some("http://localhost:4318/v1/metrics")
+        );
+        let grpc = decoded(serde_json::json!({"protocol": "grpc"}));
+        assert_eq!(grpc.push_url().as_deref(), Some("http://localhost:4317"));
+        let given = decoded(serde_json::json!({"protocol": "grpc", "endpoint": "http://c:4317"}));
+        assert_eq!(given.push_url().as_deref(), Some("http://c:4317"));
+    }
+
+    #[test]
+    fn a_null_or_empty_endpoint_means_off() {
         assert_eq!(config(None, Protocol::HttpProtobuf).push_url(), None);
         assert_eq!(config(Some(" "), Protocol::HttpProtobuf).push_url(), None);
+        for protocol in ["http/protobuf", "grpc"] {
+            let null = decoded(serde_json::json!({"protocol": protocol, "endpoint": null}));
+            assert_eq!(null.push_url(), None, "{protocol}");
+        }
     }
 
     #[test]
