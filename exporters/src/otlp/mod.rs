@@ -97,6 +97,9 @@ impl OtlpExporter {
     }
 }
 
+/// The library also reads `OTEL_EXPORTER_OTLP_HEADERS` (added to ours) and, when we give no
+/// compression, `OTEL_EXPORTER_OTLP_COMPRESSION`: its builder can neither say "none" nor ignore
+/// the environment. docs/opentelemetry.md says so.
 fn metric_exporter(config: &OtlpConfig, url: &str) -> Result<MetricExporter, BoxError> {
     let retry = RetryPolicy::recommended().with_max_retries(config.max_retries);
     let temporality = match config.temporality {
