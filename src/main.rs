@@ -91,12 +91,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     tracing_subscriber::fmt()
         .with_env_filter(
-            // The OpenTelemetry crates log every failed OTLP push; the `otlp` exporter says it
-            // once and then sparingly, so theirs are off unless RUST_LOG asks for them.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,opentelemetry=off".into()),
+            tracing_subscriber::EnvFilter::try_new(filter)
+                .unwrap_or_else(|_| log_filter(None).into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -148,6 +147,20 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// RUST_LOG (else `info`) with the OpenTelemetry crates' own logs off unless it names them: they
+/// log every failed OTLP push, which the `otlp` exporter says once and then sparingly. A target
+/// matches by prefix, so `opentelemetry` also covers `opentelemetry_sdk` and `opentelemetry-otlp`.
+fn log_filter(rust_log: Option<&str>) -> String {
+    match rust_log
+        .map(str::trim)
+        .filter(|directives| !directives.is_empty())
+    {
+        Some(directives) if directives.contains("opentelemetry") => directives.to_owned(),
+        Some(directives) => format!("{directives},opentelemetry=off"),
+        None => "info,opentelemetry=off".to_owned(),
     }
 }
 

@@ -141,6 +141,74 @@ impl MetricsService for GrpcReceiver {
     }
 }
 
+/// The `mcp-metrics` binary run on `config(otlp)` (with `RUST_LOG=info`, as `mcp_metrics` sets
+/// it), with a key for `auth-server`.
+struct Binary {
+    process: ServiceProcess,
+    address: String,
+    key: String,
+    log: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    async fn start(otlp: &str) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let store = mcp_metrics_store::Store::open(dir.path().join("metrics.db"))
+            .await
+            .unwrap();
+        let (_, key) = store.create_key("auth-server", None, false).await.unwrap();
+        let path = dir.path().join("pipelines.yaml");
+        let yaml = config(otlp).replace("{dir}", dir.path().to_str().unwrap());
+        std::fs::write(&path, yaml).unwrap();
+        let mut command = mcp_metrics(dir.path());
+        command.args(["run", "--config"]).arg(&path);
+        let (process, address, log) = spawn_service(&mut command);
+        Binary {
+            process,
+            address,
+            key,
+            log,
+            _dir: dir,
+        }
+    }
+
+    async fn post(&self, body: &serde_json::Value) -> reqwest::StatusCode {
+        reqwest::Client::new()
+            .post(format!("http://{}/metrics", self.address))
+            .header("X-API-Key", &self.key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// Log lines up to and including the first that contains `text`; fails after 20 s.
+    fn log_until(&self, text: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = (self.log.recv_timeout(Duration::from_secs(20)))
+                .unwrap_or_else(|_| panic!("{text:?} was not logged: {lines:#?}"));
+            let found = line.contains(text);
+            lines.push(line);
+            if found {
+                return lines;
+            }
+        }
+    }
+
+    /// SIGTERM; the exit code and the rest of the log.
+    async fn stop(mut self) -> (i32, Vec<String>) {
+        tokio::task::spawn_blocking(move || {
+            let code = terminate(&mut self.process);
+            (code, self.log.iter().collect())
+        })
+        .await
+        .unwrap()
+    }
+}
+
 /// The default pipeline with an `otlp` exporter beside `sqlite`; replies wait for every exporter.
 fn config(otlp: &str) -> String {
     format!(
@@ -522,4 +590,24 @@ service:
     let points = sum_points(&to_local[0], "mcp_auth_requests");
     let only_fixed = labels(&[("service", "auth-server"), ("metric_type", "auth_request")]);
     assert_eq!(points, [(only_fixed, 1.0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rust_log_set_failed_pushes_are_logged_by_the_exporter_alone() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings =
+        format!("endpoint: 'http://127.0.0.1:{port}', export_interval: 100ms, max_retries: 0");
+    let service = Binary::start(&settings).await;
+    // Something to push.
+    assert_eq!(service.post(&example_request()).await, 200);
+    let mut log = service.log_until("OTLP push failed");
+    let (code, rest) = service.stop().await;
+    assert_eq!(code, 0);
+    log.extend(rest);
+    let theirs: Vec<&String> = log.iter().filter(|l| l.contains("opentelemetry")).collect();
+    assert!(theirs.is_empty(), "RUST_LOG=info: {theirs:#?}");
 }
