@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -44,15 +45,24 @@ impl OtlpReceiver {
     /// OTLP/HTTP with protobuf bodies, gzip or not, on `/v1/metrics`.
     async fn http() -> OtlpReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        OtlpReceiver::http_on(listener)
+        OtlpReceiver::http_on(listener, None)
     }
 
-    fn http_on(listener: tokio::net::TcpListener) -> OtlpReceiver {
+    /// With `slow_refusal`, the first push is answered only after that long, with a 503 (which
+    /// the exporter retries), and not taken.
+    fn http_on(listener: tokio::net::TcpListener, slow_refusal: Option<Duration>) -> OtlpReceiver {
         let addr = listener.local_addr().unwrap();
         let (sender, pushes) = mpsc::unbounded_channel();
+        let slow_refusal = Arc::new(Mutex::new(slow_refusal));
         let handler = move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
             let sender = sender.clone();
+            let slow_refusal = slow_refusal.clone();
             async move {
+                let refuse_after = slow_refusal.lock().unwrap().take();
+                if let Some(delay) = refuse_after {
+                    tokio::time::sleep(delay).await;
+                    return (StatusCode::SERVICE_UNAVAILABLE, Vec::new());
+                }
                 let mut bytes = body.to_vec();
                 if headers
                     .get(header::CONTENT_ENCODING)
@@ -520,7 +530,7 @@ async fn ingestion_goes_on_and_nothing_is_lost_while_the_endpoint_is_down() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let mut otlp = OtlpReceiver::http_on(listener);
+    let mut otlp = OtlpReceiver::http_on(listener, None);
     let total = |p: &Push| {
         sum_points(p, "mcp_tool_executions")
             .first()
@@ -610,4 +620,25 @@ async fn with_rust_log_set_failed_pushes_are_logged_by_the_exporter_alone() {
     log.extend(rest);
     let theirs: Vec<&String> = log.iter().filter(|l| l.contains("opentelemetry")).collect();
     assert!(theirs.is_empty(), "RUST_LOG=info: {theirs:#?}");
+}
+
+/// On SIGTERM the last push gets its whole `timeout` (10 s by default), not only the 5 s the SDK's
+/// own shutdown waits: the receiver answers the first attempt after 6 s, with a 503, and takes the
+/// retry. Had the service exited after 5 s, the retry would never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_push_on_sigterm_gets_its_whole_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut otlp = OtlpReceiver::http_on(listener, Some(Duration::from_secs(6)));
+    let settings = format!("endpoint: '{}', export_interval: 1h", otlp.url());
+    let service = Binary::start(&settings).await;
+    assert_eq!(service.post(&example_request()).await, 200);
+    let (code, log) = service.stop().await;
+    assert_eq!(code, 0, "{log:#?}");
+    let pushes = otlp.received();
+    assert_eq!(pushes.len(), 1, "the retried last push: {log:#?}");
+    let points = sum_points(&pushes[0], "mcp_auth_requests");
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].1, 1.0);
+    let failed = log.iter().find(|l| l.contains("shutdown failed"));
+    assert!(failed.is_none(), "{failed:?}");
 }

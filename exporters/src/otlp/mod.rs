@@ -5,14 +5,15 @@
 //! holds up ingestion or the other exporters. A failed push is retried with backoff within
 //! `timeout`; what is still not sent goes with the next push (cumulative temporality). Failures
 //! are logged once, then at most every few minutes, then once more on recovery. On shutdown a last
-//! push sends what was recorded since the previous one.
+//! push sends what was recorded since the previous one, with the whole `timeout` to do it.
 
 mod config;
 
 pub use config::{Compression, OtlpConfig, Protocol, Temporality};
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -44,6 +45,8 @@ pub struct OtlpExporter {
 struct Running {
     provider: SdkMeterProvider,
     recorder: Recorder,
+    /// Set once shutdown has made the last push; shared with [`Reporting`].
+    last_push_made: Arc<AtomicBool>,
     /// Keeps the service's telemetry recorded here while the exporter lives.
     _telemetry: Option<TelemetryGuard>,
 }
@@ -59,11 +62,13 @@ impl OtlpExporter {
             });
         };
         let interval = config.interval(|name| std::env::var(name).ok());
+        let last_push_made = Arc::new(AtomicBool::new(false));
         let exporter = Reporting {
             id: cx.id.clone(),
             url: url.clone(),
             inner: metric_exporter(config, &url)?,
             failures: Mutex::new(Failures::default()),
+            last_push_made: last_push_made.clone(),
         };
         let reader = PeriodicReader::builder(exporter)
             .with_interval(interval)
@@ -91,6 +96,7 @@ impl OtlpExporter {
             running: Some(Running {
                 provider,
                 recorder,
+                last_push_made,
                 _telemetry: guard,
             }),
         })
@@ -177,10 +183,19 @@ impl Exporter for OtlpExporter {
             return Ok(());
         };
         let provider = running.provider.clone();
+        let last_push_made = running.last_push_made.clone();
         // The reader pushes from its own thread; with gRPC it needs this runtime free meanwhile.
-        tokio::task::spawn_blocking(move || provider.shutdown())
-            .await?
-            .map_err(|e| format!("{}: last push failed: {e}", self.id))?;
+        let (pushed, stopped) = tokio::task::spawn_blocking(move || {
+            // `force_flush` waits until the push is over, which `timeout` bounds. The SDK's
+            // `shutdown` (0.33) waits a fixed 5 s, then lets the process exit under a push still
+            // under way, so it comes second, only to stop the thread.
+            let pushed = provider.force_flush();
+            last_push_made.store(true, Ordering::Release);
+            (pushed, provider.shutdown())
+        })
+        .await?;
+        pushed.map_err(|e| format!("{}: last push failed: {e}", self.id))?;
+        stopped.map_err(|e| format!("{}: stopping the reader failed: {e}", self.id))?;
         Ok(())
     }
 }
@@ -191,6 +206,7 @@ struct Reporting {
     url: String,
     inner: MetricExporter,
     failures: Mutex<Failures>,
+    last_push_made: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -267,6 +283,11 @@ impl std::fmt::Debug for Reporting {
 
 impl PushMetricExporter for Reporting {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        // The reader's shutdown collects and pushes once more; after the last push nothing new
+        // was recorded, so that push would only repeat it.
+        if self.last_push_made.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let result = self.inner.export(metrics).await;
         self.note(&result);
         result
