@@ -195,8 +195,10 @@ fn load(arg: &ConfigArg) -> anyhow::Result<ServiceConfig> {
 }
 
 async fn run(arg: ConfigArg) -> anyhow::Result<()> {
-    let config = load(&arg)?;
-    let service = Service::start_from(config, Some(config_source(&arg))).await?;
+    let source = config_source(&arg);
+    let (text, name) = source.read().map_err(anyhow::Error::msg)?;
+    let config = config::parse(&text, &name, &environment)?;
+    let service = Service::start_from(config, Some(source)).await?;
     service.run_until_signal().await
 }
 

@@ -163,16 +163,23 @@ fn decode<T: ComponentConfig>(value: serde_yaml::Value) -> Result<T, Vec<ConfigI
         serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
         other => other,
     };
-    let mut issues = take_unknown_keys::<T>(&mut value);
-    let config: T = match serde_path_to_error::deserialize(value) {
-        Ok(config) if issues.is_empty() => config,
-        Ok(_) => return Err(issues),
-        Err(error) => {
-            let path = error.path().to_string();
-            issues.push(ConfigIssue {
-                path: if path == "." { String::new() } else { path },
-                message: hint_unknown_field(&error.inner().to_string()),
-            });
+    // serde stops at the first error; an unknown key is taken out and the rest decoded again,
+    // so one look at the errors shows every typo.
+    let mut issues = Vec::new();
+    let config: T = loop {
+        let error = match serde_path_to_error::deserialize(value.clone()) {
+            Ok(config) if issues.is_empty() => break config,
+            Ok(_) => return Err(issues),
+            Err(error) => error,
+        };
+        let path = error.path().to_string();
+        let message = error.inner().to_string();
+        let unknown = message.starts_with("unknown field `") && remove(&mut value, &path);
+        issues.push(ConfigIssue {
+            path: if path == "." { String::new() } else { path },
+            message: hint_unknown_field(&message),
+        });
+        if !unknown {
             return Err(issues);
         }
     };
@@ -190,35 +197,22 @@ fn decode<T: ComponentConfig>(value: serde_yaml::Value) -> Result<T, Vec<ConfigI
     }
 }
 
-/// Removes and reports every top-level key the config does not have (serde stops at the first),
-/// so one look at the errors shows every typo. The keys are those of the default config.
-fn take_unknown_keys<T: ComponentConfig>(value: &mut serde_yaml::Value) -> Vec<ConfigIssue> {
-    let (serde_yaml::Value::Mapping(map), serde_yaml::Value::Mapping(defaults)) =
-        (value, defaults::<T>())
-    else {
-        return Vec::new();
+/// Removes the key at a dotted `path` of mappings; false if there is none.
+fn remove(value: &mut serde_yaml::Value, path: &str) -> bool {
+    let mut keys: Vec<&str> = path.split('.').collect();
+    let Some(last) = keys.pop() else {
+        return false;
     };
-    let known: Vec<&str> = defaults.keys().filter_map(|k| k.as_str()).collect();
-    let unknown: Vec<serde_yaml::Value> = map
-        .keys()
-        .filter(|key| key.as_str().is_some_and(|key| !known.contains(&key)))
-        .cloned()
-        .collect();
-    let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-    unknown
-        .into_iter()
-        .map(|key| {
-            map.remove(&key);
-            let name = key.as_str().unwrap_or_default();
-            ConfigIssue {
-                path: name.to_owned(),
-                message: hint_unknown_field(&format!(
-                    "unknown field `{name}`, expected one of {}",
-                    expected.join(", ")
-                )),
-            }
-        })
-        .collect()
+    let mut at = value;
+    for key in keys {
+        match at.get_mut(key) {
+            Some(inner) => at = inner,
+            None => return false,
+        }
+    }
+    at.as_mapping_mut()
+        // Keeping the order of the rest, so errors come in the order of the file.
+        .is_some_and(|map| map.shift_remove(last).is_some())
 }
 
 /// serde says "unknown field `pth`, expected one of `path`, ..." (or "unknown variant"); this
