@@ -37,7 +37,7 @@ enum Command {
     /// Ask a running service whether it is healthy (exit 0) or not (exit 1), for a container's
     /// HEALTHCHECK.
     Health {
-        /// Default: http://127.0.0.1:$METRICS_SERVICE_PORT/health (8890).
+        /// Default: http://$METRICS_SERVICE_HOST:$METRICS_SERVICE_PORT/health (127.0.0.1, 8890).
         #[arg(long)]
         url: Option<String>,
     },
@@ -125,9 +125,13 @@ fn main() -> ExitCode {
             Command::Validate(arg) => validate(arg),
             Command::Health { url } => {
                 let url = url.unwrap_or_else(|| {
-                    let port =
-                        std::env::var("METRICS_SERVICE_PORT").unwrap_or_else(|_| "8890".into());
-                    format!("http://127.0.0.1:{port}/health")
+                    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+                    let port = var("METRICS_SERVICE_PORT").unwrap_or_else(|| "8890".into());
+                    // Listening on every interface means loopback answers too.
+                    let host = var("METRICS_SERVICE_HOST")
+                        .filter(|host| host != "0.0.0.0" && host != "::")
+                        .unwrap_or_else(|| "127.0.0.1".into());
+                    format!("http://{host}:{port}/health")
                 });
                 let body = mcp_metrics::probe::probe(&url, std::time::Duration::from_secs(3))
                     .map_err(|why| anyhow::anyhow!("unhealthy: {why}"))?;

@@ -124,13 +124,18 @@ async fn run_with_no_flags_serves_the_contract_and_stops_cleanly_on_sigterm() {
 #[tokio::test]
 async fn the_health_command_tells_a_healthy_service_from_none() {
     let dir = tempfile::tempdir().unwrap();
+    // A loopback address other than 127.0.0.1, as a container might listen on its own IP.
     let (mut child, address, _log) = spawn_service(
         mcp_metrics(dir.path())
-            .env("METRICS_SERVICE_HOST", "127.0.0.1")
+            .env("METRICS_SERVICE_HOST", "127.0.0.2")
             .env("METRICS_SERVICE_PORT", "0"),
     );
+    let port = address.rsplit_once(':').unwrap().1;
+    // As a container's HEALTHCHECK runs it: no URL, the service's own environment.
     let healthy = mcp_metrics(dir.path())
-        .args(["health", "--url", &format!("http://{address}/health")])
+        .arg("health")
+        .env("METRICS_SERVICE_HOST", "127.0.0.2")
+        .env("METRICS_SERVICE_PORT", port)
         .output()
         .unwrap();
     assert!(
