@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{mcp_metrics, spawn_service, terminate};
+use common::{mcp_metrics, metrics_request, spawn_service, terminate};
 use serde_json::json;
 
 fn stdout_of(command: &mut Command) -> String {
@@ -99,10 +99,7 @@ async fn run_with_no_flags_serves_the_contract_and_stops_cleanly_on_sigterm() {
     });
     let mut accepted = 0;
     for _ in 0..20 {
-        let reply = client
-            .post(format!("http://{address}/metrics"))
-            .header("X-API-Key", &key)
-            .json(&body)
+        let reply = metrics_request(&client, &address, &key, &body)
             .send()
             .await
             .unwrap();

@@ -514,10 +514,7 @@ async fn keys_from_the_environment_are_registered_idempotently() {
     let status = |address: String, key: String| {
         let client = client.clone();
         async move {
-            client
-                .post(format!("http://{address}/metrics"))
-                .header("X-API-Key", key)
-                .json(&example_request())
+            metrics_request(&client, &address, &key, &example_request())
                 .send()
                 .await
                 .unwrap()
@@ -630,10 +627,7 @@ async fn metrics_rate_limit_applies_to_keys_from_the_environment() {
     for key in ["mcp_metrics_auth-key", "mcp_metrics_registry-key"] {
         let mut statuses = Vec::new();
         for _ in 0..3 {
-            let response = client
-                .post(format!("http://{address}/metrics"))
-                .header("X-API-Key", key)
-                .json(&example_request())
+            let response = metrics_request(&client, &address, key, &example_request())
                 .send()
                 .await
                 .unwrap();

@@ -379,12 +379,7 @@ service:
                 ],
             );
             for _ in 0..5_000 {
-                let sent = client
-                    .post(format!("http://{address}/metrics"))
-                    .header("X-API-Key", &key)
-                    .json(&body)
-                    .send()
-                    .await;
+                let sent = metrics_request(&client, &address, &key, &body).send().await;
                 let Ok(response) = sent else { break };
                 if response.status() == 200 {
                     let reply: serde_json::Value = response.json().await.unwrap();
@@ -633,10 +628,7 @@ service:
                 let (mut accepted, mut refused) = (0, 0);
                 let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
                 while tokio::time::Instant::now() < until {
-                    let reply = client
-                        .post(format!("http://{address}/metrics"))
-                        .header("X-API-Key", &key)
-                        .json(&body)
+                    let reply = metrics_request(&client, &address, &key, &body)
                         .send()
                         .await
                         .unwrap();

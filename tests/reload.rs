@@ -98,11 +98,13 @@ async fn a_broken_config_on_sighup_is_refused_and_the_pipelines_go_on() {
     let (mut child, address, log) = spawn_service(&mut mcp_metrics(dir.path()));
     let client = reqwest::Client::new();
     let post = || {
-        client
-            .post(format!("http://{address}/metrics"))
-            .header("X-API-Key", &key)
-            .json(&request_of("svc", vec![metric("custom")]))
-            .send()
+        metrics_request(
+            &client,
+            &address,
+            &key,
+            &request_of("svc", vec![metric("custom")]),
+        )
+        .send()
     };
     assert_eq!(post().await.unwrap().status(), 200);
 
@@ -149,13 +151,7 @@ async fn a_reload_under_load_starts_the_new_exporter_and_loses_nothing() {
             let client = reqwest::Client::new();
             let body = request_of("svc", vec![metric("tool_execution"), metric("custom")]);
             while !stop.load(Ordering::Relaxed) {
-                match client
-                    .post(format!("http://{address}/metrics"))
-                    .header("X-API-Key", &key)
-                    .json(&body)
-                    .send()
-                    .await
-                {
+                match metrics_request(&client, &address, &key, &body).send().await {
                     Ok(reply) if reply.status() == 200 => {
                         acknowledged.fetch_add(2, Ordering::Relaxed);
                     }
@@ -224,13 +220,15 @@ async fn a_watched_file_and_the_admin_endpoint_reload_too() {
     wait_for_log(&log, "config file changed: reloaded");
 
     let client = reqwest::Client::new();
-    let reply = client
-        .post(format!("http://{address}/metrics"))
-        .header("X-API-Key", &key)
-        .json(&request_of("svc", vec![metric("custom")]))
-        .send()
-        .await
-        .unwrap();
+    let reply = metrics_request(
+        &client,
+        &address,
+        &key,
+        &request_of("svc", vec![metric("custom")]),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(reply.status(), 200);
 
     // A broken file through the admin endpoint: refused with its errors, 422.
@@ -353,13 +351,17 @@ async fn an_admin_reload_can_replace_the_receiver_serving_it() {
     .unwrap();
     let reply = admin_reload(&client, &address, &key).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let posted = client
-        .post(format!("http://{address}/metrics"))
-        .header("X-API-Key", &key)
-        .json(&request_of("svc", vec![metric("custom")]))
-        .send()
-        .await
-        .unwrap();
+    // A new connection: the one the reload came on belongs to the replaced receiver, which
+    // closes it once idle (a request racing that close fails and is sent again).
+    let posted = metrics_request(
+        &reqwest::Client::new(),
+        &address,
+        &key,
+        &request_of("svc", vec![metric("custom")]),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(posted.status(), 200);
     assert_eq!(terminate(&mut child), 0);
     assert_eq!(rows(&dir.path().join("second.db")).await, 1);
@@ -403,14 +405,23 @@ async fn a_scrape_endpoint_keeps_its_port_across_reloads() {
     let reply = admin_reload(&client, &address, &key).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 
-    let scrape = client
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(scrape.contains(r#"service_name="second""#), "{scrape}");
+    // The replaced exporter serves on the shared socket until it has drained; then only the
+    // new one answers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let scrape = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if scrape.contains(r#"service_name="second""#) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{scrape}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(terminate(&mut child), 0);
 }

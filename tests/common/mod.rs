@@ -206,6 +206,19 @@ pub fn metric(metric_type: &str) -> Value {
     json!({"type": metric_type, "value": 1.0, "duration_ms": 12.5, "dimensions": {"k": "v"}})
 }
 
+/// A `POST /metrics` of `body` with `key` to a service process listening at `address`.
+pub fn metrics_request(
+    client: &reqwest::Client,
+    address: &str,
+    key: &str,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    client
+        .post(format!("http://{address}/metrics"))
+        .header("X-API-Key", key)
+        .json(body)
+}
+
 /// The `mcp-metrics` binary, run in `dir`, with no database path from the environment and the
 /// scrape endpoint on a free port (tests run side by side).
 pub fn mcp_metrics(dir: &Path) -> Command {
