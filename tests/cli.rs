@@ -84,10 +84,12 @@ async fn run_with_no_flags_serves_the_contract_and_stops_cleanly_on_sigterm() {
     let created =
         stdout_of(mcp_metrics(dir.path()).args(["keys", "create", "--service", "auth-server"]));
     let key = created.lines().last().unwrap().to_owned();
+    // No retention: the contract's example metric is from 2024.
     let (mut child, address, _log) = spawn_service(
         mcp_metrics(dir.path())
             .env("METRICS_SERVICE_HOST", "127.0.0.1")
-            .env("METRICS_SERVICE_PORT", "0"),
+            .env("METRICS_SERVICE_PORT", "0")
+            .env("METRICS_RETENTION_DAYS", "0"),
     );
 
     let client = reqwest::Client::new();

@@ -229,7 +229,8 @@ processors:
   auth: {{database: '{{dir}}/metrics.db', refresh_interval: 200ms}}
   validate: {{}}
 exporters:
-  sqlite: {{path: '{{dir}}/metrics.db'}}
+  # No retention: the contract's example metric is from 2024.
+  sqlite: {{path: '{{dir}}/metrics.db', retention_days: 0}}
   otlp: {{{otlp}}}
 service:
   pipelines:
@@ -569,7 +570,7 @@ processors:
   auth: {{database: '{{dir}}/metrics.db', refresh_interval: 200ms}}
   validate: {{}}
 exporters:
-  sqlite: {{path: '{{dir}}/metrics.db'}}
+  sqlite: {{path: '{{dir}}/metrics.db', retention_days: 0}}
   otlp/grafana: {{endpoint: '{}', export_interval: 1h, service_name: to-grafana}}
   otlp/local: {{endpoint: '{}', export_interval: 1h, service_name: to-local, dimension_keys: []}}
 service:

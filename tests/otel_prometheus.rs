@@ -20,7 +20,7 @@ processors:
   auth: {{database: '{{dir}}/metrics.db', refresh_interval: 200ms}}
   validate: {{}}
 exporters:
-  sqlite: {{path: '{{dir}}/metrics.db'}}
+  sqlite: {{path: '{{dir}}/metrics.db', retention_days: 0}}
   {exporter_id}: {{host: 127.0.0.1, port: 0, {settings}}}
 service:
   pipelines:
@@ -437,7 +437,7 @@ processors:
   auth: {database: '{dir}/metrics.db', refresh_interval: 200ms}
   validate: {}
 exporters:
-  sqlite: {path: '{dir}/metrics.db'}
+  sqlite: {path: '{dir}/metrics.db', retention_days: 0}
   prometheus/all: {host: 127.0.0.1, port: 0, self_telemetry: false}
   prometheus/methods: {host: 127.0.0.1, port: 0, self_telemetry: false, dimension_keys: [method]}
 service:

@@ -16,7 +16,7 @@ processors:
   auth: {database: '{dir}/metrics.db'}
   validate: {}
 exporters:
-  sqlite: {path: '{dir}/metrics.db'}
+  sqlite: {path: '{dir}/metrics.db', retention_days: 0}
   sqlite/copy: {path: '{dir}/copy.db'}
 service:
   pipelines:
