@@ -345,17 +345,26 @@ impl Graph {
                     target,
                     stop,
                 } => {
-                    retired.receivers.extend(previous.receivers.remove(&id));
                     let route = Route {
                         target,
                         generation: graph.generation.clone(),
                     };
+                    // The receiver it replaces shares its socket until it has drained: what it
+                    // still takes goes the new way too.
+                    if let Some(replaced) = previous.receivers.remove(&id) {
+                        replaced.switch.set(route.clone());
+                        retired.receivers.push(replaced);
+                    }
                     start(&id, fingerprint, receiver, route, stop, base)
                 }
             };
             graph.receivers.insert(id, running);
         }
         retired.receivers.extend(previous.receivers.into_values());
+        // Stop taking connections now, not when the drain gets to them.
+        for receiver in &retired.receivers {
+            receiver.stop_receiving.cancel();
+        }
         graph.pipelines = take_over(plan.pipelines, previous.pipelines, &mut retired.pipelines);
         graph.exporters = take_over(plan.exporters, previous.exporters, &mut retired.exporters);
         (graph, retired)

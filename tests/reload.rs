@@ -219,7 +219,12 @@ async fn a_watched_file_and_the_admin_endpoint_reload_too() {
     .unwrap();
     wait_for_log(&log, "config file changed: reloaded");
 
-    let client = reqwest::Client::new();
+    // New connections: one taken by the replaced receiver just before it stopped would be
+    // closed by it once idle (a request racing that close fails and is sent again).
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let reply = metrics_request(
         &client,
         &address,
@@ -233,15 +238,7 @@ async fn a_watched_file_and_the_admin_endpoint_reload_too() {
 
     // A broken file through the admin endpoint: refused with its errors, 422.
     std::fs::write(dir.path().join("pipelines.yaml"), "receivers: {http: {}}\n").unwrap();
-    let reply = Reply::from(
-        client
-            .post(format!("http://{address}/admin/reload"))
-            .header("X-API-Key", &key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let reply = admin_reload(&client, &address, &key).await;
     assert_eq!(reply.status, 422);
     assert_eq!(reply.error(), "invalid_config");
     assert!(
