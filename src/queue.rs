@@ -4,9 +4,10 @@
 //! The queue is bounded in metrics, not batches: when it is full the receiver answers 503 rather
 //! than holding more in memory. Metrics count against the bound until their export is over, so
 //! retries of a failing exporter hold the line too: by default a batch whose export may still
-//! succeed is retried until it does, and clients are told to come back instead of data being lost. Whatever is queued when the worker gets to it
-//! is merged into one export (up to `batch_max_size`), which is what turns many small requests
-//! into few large SQLite transactions without making any request wait.
+//! succeed is retried until it does, and clients are told to come back instead of data being
+//! lost. Whatever is queued when the worker gets to it is merged into one export (up to
+//! `batch_max_size`), which is what turns many small requests into few large SQLite transactions
+//! without making any request wait.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -222,7 +223,7 @@ impl ExporterQueue {
     }
 
     /// Stops taking batches, exports everything queued, then shuts the exporter down. A failing
-    /// export is retried at its shortest interval from then on; the caller bounds how long.
+    /// export is retried every [`DRAIN_RETRY_INTERVAL`] from then on; the caller bounds how long.
     pub async fn drain(&self) {
         self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.draining.cancel();
