@@ -1,14 +1,12 @@
 //! What the running service offers its components (operator endpoints): flush everything now,
-//! a caller's rate-limit standing, health and readiness, and a reload. Handed to components before
+//! health and readiness, and a reload. Handed to components before
 //! the graph exists; the service keeps it pointed at the current graph.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use mcp_metrics_plugin::{
-    Problem, Processor, RateLimitState, RequestContext, ServiceControl, async_trait,
-};
+use mcp_metrics_plugin::{Problem, Processor, Room, ServiceControl, async_trait};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::queue::ExporterQueue;
@@ -72,19 +70,20 @@ impl Control {
     fn full_queues(&self) -> Vec<Problem> {
         let current = self.current();
         let (processors, exporters) = (&current.processors, &current.exporters);
-        let processors = processors.iter().filter_map(|(id, p)| {
-            p.problem().map(|problem| Problem {
-                component: format!("processors.{id}"),
-                problem,
+        let processors = processors
+            .iter()
+            .filter_map(|(id, p)| Some((format!("processors.{id}"), p.room()?)));
+        let exporters = exporters
+            .iter()
+            .map(|e| (format!("exporters.{}", e.id()), e.room().clone()));
+        processors
+            .chain(exporters)
+            .filter(|(_, room)| room.is_full())
+            .map(|(component, room)| Problem {
+                component,
+                problem: full(&room),
             })
-        });
-        let exporters = exporters.iter().filter_map(|e| {
-            e.full().map(|problem| Problem {
-                component: format!("exporters.{}", e.id()),
-                problem,
-            })
-        });
-        processors.chain(exporters).collect()
+            .collect()
     }
 }
 
@@ -102,12 +101,6 @@ impl ServiceControl for Control {
             }
         };
         tokio::time::timeout(timeout, everything).await.is_ok()
-    }
-
-    fn rate_limit(&self, context: &RequestContext) -> Option<RateLimitState> {
-        let current = self.current();
-        let processors = &current.processors;
-        processors.iter().find_map(|(_, p)| p.rate_limit(context))
     }
 
     fn health(&self) -> Vec<Problem> {
@@ -147,4 +140,12 @@ impl ServiceControl for Control {
             .await
             .map_err(|_| "the service is shutting down".to_owned())?
     }
+}
+
+fn full(room: &Room) -> String {
+    format!(
+        "queue full ({} of {} metrics)",
+        room.held(),
+        room.capacity()
+    )
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::anyhow;
 use futures::future::join_all;
 use mcp_metrics_plugin::{
-    Batch, BuildContext, CancellationToken, Consumer, Listeners, Outcome, Processor, Receiver,
-    Refusal, ServiceControl, async_trait,
+    Admitted, Batch, BuildContext, CancellationToken, Consumer, Listeners, Outcome, Pipelines,
+    Processor, Receiver, Refusal, RequestHead, Reservation, Room, ServiceControl, async_trait,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,31 +34,136 @@ pub struct Base {
     pub receiver_failures: mpsc::UnboundedSender<(String, String)>,
 }
 
-/// A receiver's way into the pipelines; a reload points it elsewhere.
+/// A receiver's way into the pipelines; a reload points it elsewhere. It admits a request from
+/// its head (each pipeline's processors judge it, then each pipeline's room), and hands an
+/// admitted request to every pipeline or to none.
 pub struct Switch(RwLock<Route>);
 
-/// Where a switch sends batches, and the generation that is; a batch under way holds a clone of
-/// the generation, so a reload can tell when the old one is no longer in use.
+/// Where a switch sends requests, and the generation that is; a request under way holds a clone
+/// of the generation, so a reload can tell when the old one is no longer in use.
 #[derive(Clone)]
 struct Route {
-    target: Arc<dyn Consumer>,
+    pipelines: Arc<[Entry]>,
+    #[allow(
+        dead_code,
+        reason = "held, not read: its count tells a drain what is in use"
+    )]
     generation: Arc<()>,
+}
+
+/// A pipeline as a request enters it.
+#[derive(Clone)]
+struct Entry {
+    /// Its processors in order, which judge the request's head.
+    processors: Vec<Arc<dyn Processor>>,
+    /// Where the room for its metrics is reserved: the first processor that holds metrics, or
+    /// else its exporters' queues.
+    gates: Vec<Gate>,
+    consumer: Arc<dyn Consumer>,
+}
+
+#[derive(Clone)]
+struct Gate {
+    /// `processors.batch`, `exporters.sqlite`, ...
+    component: String,
+    room: Arc<Room>,
 }
 
 impl Switch {
     fn set(&self, route: Route) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = route;
     }
+
+    fn route(&self) -> Route {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// How long a client refused for want of room is asked to wait.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[async_trait]
+impl Pipelines for Switch {
+    async fn admit(&self, mut head: RequestHead) -> Result<Box<dyn Admitted>, Refusal> {
+        let route = self.route();
+        for pipeline in route.pipelines.iter() {
+            for processor in &pipeline.processors {
+                processor.admit(&mut head).await?;
+            }
+        }
+        let mut gates = route.pipelines.iter().flat_map(|p| &p.gates);
+        if let Some(full) = gates
+            .find(|gate| gate.room.is_full())
+            .filter(|_| !head.look_only)
+        {
+            return Err(Refusal::busy(
+                format!("{} is full: exporters are behind", full.component),
+                BUSY_RETRY_AFTER,
+            ));
+        }
+        Ok(Box::new(Admission { head, route }))
+    }
+}
+
+/// A request admitted on one generation of the graph, delivered to the same one.
+struct Admission {
+    head: RequestHead,
+    route: Route,
 }
 
 #[async_trait]
-impl Consumer for Switch {
-    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
-        let route = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let outcome = route.target.consume(batch).await;
-        drop(route.generation);
-        outcome
+impl Admitted for Admission {
+    fn head(&self) -> &RequestHead {
+        &self.head
     }
+
+    async fn deliver(self: Box<Self>, mut batch: Batch) -> Result<Outcome, Refusal> {
+        let pipelines = &self.route.pipelines;
+        let reservations = reserve(pipelines, batch.len())?;
+        for reservation in &reservations {
+            batch.reserve(reservation.clone());
+        }
+        let mut copies = vec![batch; pipelines.len()];
+        let taken = join_all(pipelines.iter().map(|pipeline| {
+            let copy = copies.pop().unwrap_or_default();
+            pipeline.consumer.consume(copy)
+        }))
+        .await;
+        // What a pipeline did not take (a filter dropped the metrics) is free again.
+        for reservation in &reservations {
+            reservation.release();
+        }
+        let mut outcome = Outcome::default();
+        for result in taken {
+            outcome.merge(result?);
+        }
+        Ok(outcome)
+    }
+}
+
+/// Room for `metrics` in every pipeline's gates, or an error if one has not enough.
+fn reserve(pipelines: &[Entry], metrics: usize) -> Result<Vec<Arc<Reservation>>, Refusal> {
+    if metrics == 0 {
+        return Ok(Vec::new());
+    }
+    let mut reservations = Vec::new();
+    for gate in pipelines.iter().flat_map(|p| &p.gates) {
+        if metrics > gate.room.capacity() {
+            return Err(Refusal::too_large(format!(
+                "{metrics} metrics exceed what {} can ever hold ({}); send fewer at once",
+                gate.component,
+                gate.room.capacity()
+            )));
+        }
+        let Some(permit) = gate.room.try_take(metrics) else {
+            return Err(Refusal::busy(
+                format!("{} is full: exporters are behind", gate.component),
+                BUSY_RETRY_AFTER,
+            ));
+        };
+        reservations.push(Reservation::new(permit));
+    }
+    Ok(reservations)
 }
 
 pub struct BuiltExporter {
@@ -71,7 +176,7 @@ pub struct BuiltPipeline {
     fingerprint: String,
     /// Its processors in pipeline order, with their ids.
     pub chain: Vec<(String, Arc<dyn Processor>)>,
-    entry: Arc<dyn Consumer>,
+    entry: Entry,
     stop: CancellationToken,
 }
 
@@ -104,11 +209,11 @@ pub struct Plan {
 
 enum PlannedReceiver {
     /// Unchanged: it keeps running, pointed at the new pipelines.
-    Keep(Arc<dyn Consumer>),
+    Keep(Arc<[Entry]>),
     New {
         fingerprint: String,
         receiver: Box<dyn Receiver>,
-        target: Arc<dyn Consumer>,
+        target: Arc<[Entry]>,
         stop: CancellationToken,
     },
 }
@@ -236,13 +341,20 @@ impl Plan {
                 pipelines.insert(name.clone(), (true, reused));
                 continue;
             }
-            let queues = pipeline
+            let queues: Vec<Arc<ExporterQueue>> = pipeline
                 .exporters
                 .iter()
-                .map(|id| &exporters[id].1.queue)
+                .map(|id| exporters[id].1.queue.clone())
                 .filter(|queue| queue.exporter().is_enabled())
-                .map(|queue| queue.clone() as Arc<dyn Consumer>);
-            let mut next = Fanout::of(queues.collect());
+                .collect();
+            let mut gates: Vec<Gate> = queues
+                .iter()
+                .map(|queue| Gate {
+                    component: format!("exporters.{}", queue.id()),
+                    room: queue.room().clone(),
+                })
+                .collect();
+            let mut next = Fanout::of(queues);
             let stop = base.components.child_token();
             built
                 .lock()
@@ -262,6 +374,20 @@ impl Plan {
                 chain.push((id.clone(), processor));
             }
             chain.reverse();
+            // Room is reserved where metrics are first held.
+            if let Some(gate) = chain.iter().find_map(|(id, p)| {
+                p.room().map(|room| Gate {
+                    component: format!("processors.{id}"),
+                    room,
+                })
+            }) {
+                gates = vec![gate];
+            }
+            let entry = Entry {
+                processors: chain.iter().map(|(_, p)| p.clone()).collect(),
+                gates,
+                consumer: next,
+            };
             pipelines.insert(
                 name.clone(),
                 (
@@ -269,7 +395,7 @@ impl Plan {
                     BuiltPipeline {
                         fingerprint,
                         chain,
-                        entry: next,
+                        entry,
                         stop,
                     },
                 ),
@@ -282,12 +408,12 @@ impl Plan {
             .iter()
             .filter(|(id, _)| used("receivers", id))
         {
-            let entries = config
+            let target: Arc<[Entry]> = config
                 .pipelines
                 .iter()
                 .filter(|(_, p)| p.receivers.contains(id))
-                .map(|(name, _)| pipelines[name].1.entry.clone());
-            let target = Fanout::of(entries.collect());
+                .map(|(name, _)| pipelines[name].1.entry.clone())
+                .collect();
             let fingerprint = config.fingerprint("receivers", id).to_owned();
             let unchanged = current
                 .and_then(|g| g.receivers.get(id))
@@ -334,7 +460,7 @@ impl Graph {
                         .remove(&id)
                         .expect("a kept receiver is running");
                     running.switch.set(Route {
-                        target,
+                        pipelines: target,
                         generation: graph.generation.clone(),
                     });
                     running
@@ -346,7 +472,7 @@ impl Graph {
                     stop,
                 } => {
                     let route = Route {
-                        target,
+                        pipelines: target,
                         generation: graph.generation.clone(),
                     };
                     // The receiver it replaces shares its socket until it has drained: what it

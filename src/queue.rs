@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
 use mcp_metrics_plugin::{
-    Batch, CancellationToken, ComponentConfig, Consumer, ExportError, Exporter, Outcome, Refusal,
-    async_trait, telemetry,
+    Batch, CancellationToken, ComponentConfig, Consumer, ExportError, Exporter, Outcome, Permit,
+    Refusal, Room, async_trait, telemetry,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,15 +105,14 @@ const DRAIN_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// A batch in the queue and its share of the queue's room, given back when its export is over.
 struct Queued {
     batch: Batch,
-    room: OwnedSemaphorePermit,
+    room: Permit,
 }
 
 /// An exporter behind its queue; a [`Consumer`] for the pipeline.
 pub struct ExporterQueue {
     id: String,
     exporter: Arc<dyn Exporter>,
-    capacity: usize,
-    room: Arc<Semaphore>,
+    room: Arc<Room>,
     sender: std::sync::Mutex<Option<mpsc::UnboundedSender<Queued>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     failing: Arc<Failing>,
@@ -172,12 +171,11 @@ impl ExporterQueue {
                 tokio::spawn(worker.run())
             })
             .collect();
-        let room = Arc::new(Semaphore::new(queue.queue_size));
-        telemetry::queue_started(&id, queue.queue_size, &room);
+        let room = Room::new(queue.queue_size);
+        telemetry::queue_started(&id, &room);
         Arc::new(ExporterQueue {
             id,
             exporter,
-            capacity: queue.queue_size,
             room,
             sender: std::sync::Mutex::new(Some(sender)),
             workers: Mutex::new(workers),
@@ -196,7 +194,12 @@ impl ExporterQueue {
 
     /// Metrics queued or being exported.
     pub fn queued(&self) -> usize {
-        self.capacity - self.room.available_permits()
+        self.room.held()
+    }
+
+    /// The bound on what it holds, which the engine reserves from on admission.
+    pub fn room(&self) -> &Arc<Room> {
+        &self.room
     }
 
     /// Why it is not well: exports failing for longer than `threshold`.
@@ -206,13 +209,6 @@ impl ExporterQueue {
             "exports failing for {} s: {error}",
             elapsed.as_secs()
         ))
-    }
-
-    /// Why it cannot take more: its queue is full.
-    pub fn full(&self) -> Option<String> {
-        let queued = self.queued();
-        (queued >= self.capacity)
-            .then(|| format!("queue full ({queued} of {} metrics)", self.capacity))
     }
 
     /// Returns once nothing is queued or being exported.
@@ -236,46 +232,48 @@ impl ExporterQueue {
     }
 }
 
-#[async_trait]
-impl Consumer for ExporterQueue {
-    fn has_room(&self, metrics: usize) -> bool {
-        // A batch larger than the whole queue is not a matter of waiting: `consume` refuses it
-        // for good (413), which no client sends again.
-        metrics > self.capacity || self.room.available_permits() >= metrics
+impl ExporterQueue {
+    /// Room for `batch` in the queue: what was reserved for it, or what is free now.
+    pub fn room_for(&self, batch: &Batch) -> Result<Permit, Refusal> {
+        let size = batch.len();
+        if size > self.room.capacity() {
+            return Err(Refusal::too_large(format!(
+                "{size} metrics exceed exporter {}'s whole queue ({})",
+                self.id,
+                self.room.capacity()
+            )));
+        }
+        self.room.take_for(batch).ok_or_else(|| {
+            telemetry::exporter_enqueue_failed(&self.id, size);
+            Refusal::busy(
+                format!("exporter {} is behind: its queue is full", self.id),
+                Duration::from_secs(1),
+            )
+        })
     }
 
-    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
-        let size = batch.len();
-        if size == 0 {
-            return Ok(Outcome::default());
-        }
-        if size > self.capacity {
-            return Err(Refusal::new(
-                413,
-                "request_too_large",
-                format!(
-                    "{size} metrics exceed exporter {}'s whole queue ({})",
-                    self.id, self.capacity
-                ),
-            ));
-        }
-        let room = self
-            .room
-            .clone()
-            .try_acquire_many_owned(size as u32)
-            .map_err(|_| {
-                telemetry::exporter_enqueue_failed(&self.id, size);
-                Refusal::unavailable(
-                    format!("exporter {} is behind: its queue is full", self.id),
-                    1,
-                )
-            })?;
+    /// Queues `batch` in the room taken for it.
+    pub fn enqueue(&self, batch: Batch, room: Permit) -> Result<Outcome, Refusal> {
         let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
         let sent = sender.as_ref().map(|s| s.send(Queued { batch, room }));
         match sent {
             Some(Ok(())) => Ok(Outcome::default()),
-            _ => Err(Refusal::unavailable("the service is shutting down", 5)),
+            _ => Err(Refusal::busy(
+                "the service is shutting down",
+                Duration::from_secs(5),
+            )),
         }
+    }
+}
+
+#[async_trait]
+impl Consumer for ExporterQueue {
+    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
+        if batch.is_empty() {
+            return Ok(Outcome::default());
+        }
+        let room = self.room_for(&batch)?;
+        self.enqueue(batch, room)
     }
 }
 
@@ -307,7 +305,7 @@ impl Worker {
     async fn next_export(
         &self,
         carried: Option<Queued>,
-    ) -> Option<(Batch, Vec<OwnedSemaphorePermit>, Option<Queued>)> {
+    ) -> Option<(Batch, Vec<Permit>, Option<Queued>)> {
         let mut receiver = self.receiver.lock().await;
         let first = match carried {
             Some(queued) => queued,

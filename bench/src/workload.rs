@@ -45,7 +45,6 @@ fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> Batch {
         version: Some("1.0.0".into()),
         instance_id: Some("bench-01".into()),
         received_at: at,
-        api_key: None,
         key: None,
     };
     let metrics = (0..n)

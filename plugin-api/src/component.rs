@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Batch, RequestContext};
+use crate::model::{Batch, KeyInfo};
+use crate::room::Room;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -16,35 +18,69 @@ pub trait Consumer: Send + Sync {
     /// Takes the batch on, or refuses it as a whole. Once this returns `Ok`, the batch is the
     /// consumer's responsibility: it must reach the exporters or be counted as failed.
     async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal>;
-
-    /// Whether it has room for `metrics` more right now. A fan-out asks every branch before
-    /// giving the batch to any, so that a full branch does not make the others see it twice
-    /// when the batch is offered again.
-    fn has_room(&self, _metrics: usize) -> bool {
-        true
-    }
 }
 
 /// A step of a pipeline: it transforms, judges or holds batches and hands them to the next consumer
 /// it was built with.
 #[async_trait]
 pub trait Processor: Consumer {
+    /// Judges a request from its head alone, before its body is read (`auth` checks the key,
+    /// `rate_limit` spends the caller's token), and writes what it learned into the head. The
+    /// engine asks every processor of every pipeline the request would enter, in order, and reads
+    /// the body only if all admit it.
+    async fn admit(&self, _head: &mut RequestHead) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// The bound on the metrics it holds, for a processor that holds them (`batch`): the engine
+    /// refuses a request up front when it is full and reserves room in it before handing a
+    /// request on, which `consume` then takes with [`Room::take_for`](crate::Room::take_for).
+    fn room(&self) -> Option<Arc<Room>> {
+        None
+    }
+
     /// Hands on whatever it still holds; the engine calls it in pipeline order on shutdown, after
     /// the receivers have stopped.
     async fn shutdown(&self) {}
 
-    /// Hands on whatever it holds now, and returns once the next step has it (`POST /flush`).
+    /// Hands on whatever it holds now, and returns once the next step has it (`POST /flush`,
+    /// draining).
     async fn flush(&self) {}
+}
 
-    /// A rate limiter's view of the caller of `context`, without using up a request.
-    fn rate_limit(&self, _context: &RequestContext) -> Option<RateLimitState> {
-        None
-    }
+/// What a request's head tells, before its body is read, and what the processors that judge
+/// heads learned from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The credential as presented (`X-API-Key`).
+    pub credential: Option<String>,
+    /// Only asks what the request would be told (`GET /rate-limit`): nothing is spent or reserved.
+    pub look_only: bool,
+    /// The key behind the credential, once checked.
+    pub key: Option<KeyInfo>,
+    /// The caller's standing with its rate limiter, once judged.
+    pub standing: Option<RateLimitState>,
+}
 
-    /// Why it cannot take metrics right now (a full queue), if it cannot.
-    fn problem(&self) -> Option<String> {
-        None
-    }
+/// The pipelines a receiver feeds, as the engine offers them: a request is admitted from its head
+/// first, and only an admitted request's metrics are handed on.
+#[async_trait]
+pub trait Pipelines: Send + Sync {
+    /// Judges a request from its head alone: every processor that judges heads, in pipeline order,
+    /// then whether every pipeline has room. The cheapest refusal comes first.
+    async fn admit(&self, head: RequestHead) -> Result<Box<dyn Admitted>, Refusal>;
+}
+
+/// A request admitted by [`Pipelines::admit`], whose metrics are yet to be handed on.
+#[async_trait]
+pub trait Admitted: Send + Sync {
+    /// The head, with what the processors learned (the key, the rate-limit standing).
+    fn head(&self) -> &RequestHead;
+
+    /// Hands the request's metrics to every pipeline it was admitted to, or to none: room for
+    /// them is reserved in all of them first, so a refused request was taken by none and can be
+    /// sent again without duplicates.
+    async fn deliver(self: Box<Self>, batch: Batch) -> Result<Outcome, Refusal>;
 }
 
 /// A component that is not well, and why.
@@ -66,15 +102,12 @@ pub struct RateLimitState {
     pub reset_seconds: u64,
 }
 
-/// What the running service offers its components, e.g. for operator endpoints.
+/// What the running service offers the components that serve operators.
 #[async_trait]
 pub trait ServiceControl: Send + Sync {
     /// Hands on everything the processors hold, then waits until every exporter has exported
     /// what was queued; false if that took longer than `timeout`.
     async fn flush(&self, timeout: std::time::Duration) -> bool;
-
-    /// The caller's standing with the first rate limiter that knows it.
-    fn rate_limit(&self, context: &RequestContext) -> Option<RateLimitState>;
 
     /// What is wrong now: exporters failing for longer than the threshold, full queues. Empty
     /// when healthy.
@@ -116,10 +149,10 @@ pub trait Exporter: Send + Sync {
 #[async_trait]
 pub trait Receiver: Send + Sync {
     /// Serves until `shutdown` is cancelled, then stops taking input and returns once the input
-    /// it had already taken is handed to `next`.
+    /// it had already taken is handed to `pipelines`.
     async fn run(
         self: Box<Self>,
-        next: Arc<dyn Consumer>,
+        pipelines: Arc<dyn Pipelines>,
         shutdown: CancellationToken,
     ) -> Result<(), BoxError>;
 
@@ -141,8 +174,6 @@ pub struct Rejection {
 pub struct Outcome {
     /// Metrics judged bad and not passed on.
     pub rejected: Vec<Rejection>,
-    /// Response headers to add (rate-limit state, for example).
-    pub headers: Vec<(String, String)>,
 }
 
 impl Outcome {
@@ -153,50 +184,71 @@ impl Outcome {
                 self.rejected.push(rejection);
             }
         }
-        for header in other.headers {
-            if !self.headers.iter().any(|(name, _)| *name == header.0) {
-                self.headers.push(header);
-            }
-        }
     }
 }
 
-/// A request refused as a whole. The receiver answers it with the contract's error body.
+/// Why a request was refused as a whole. The receiver says it in its own protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No credential was presented.
+    MissingCredential,
+    /// The credential is not an active key.
+    InvalidCredential,
+    /// The key may not do this.
+    Forbidden,
+    /// Over the caller's rate limit; it may try again after `retry_after`.
+    RateLimited {
+        standing: RateLimitState,
+        retry_after: Duration,
+    },
+    /// No room right now (a full queue, shutting down); it may try again after `retry_after`.
+    Busy { retry_after: Duration },
+    /// More than can ever be taken at once.
+    TooLarge,
+    /// The request as a whole breaks a rule (a missing or overlong `service`).
+    Invalid,
+}
+
+/// A request refused as a whole: why, and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// The HTTP status.
-    pub status: u16,
-    /// The machine-readable `error` of the body, e.g. `invalid_api_key`.
-    pub error: String,
+    pub reason: Reason,
     pub message: String,
-    /// Seconds after which the client may try again (429, 503).
-    pub retry_after: Option<u64>,
-    pub headers: Vec<(String, String)>,
 }
 
 impl Refusal {
-    pub fn new(status: u16, error: &str, message: impl Into<String>) -> Refusal {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Refusal {
         Refusal {
-            status,
-            error: error.to_owned(),
+            reason,
             message: message.into(),
-            retry_after: None,
-            headers: Vec::new(),
         }
     }
 
-    /// 503: the service cannot take more right now.
-    pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Refusal {
-        Refusal {
-            retry_after: Some(retry_after),
-            ..Refusal::new(503, "service_unavailable", message)
-        }
+    /// The service cannot take more right now.
+    pub fn busy(message: impl Into<String>, retry_after: Duration) -> Refusal {
+        Refusal::new(Reason::Busy { retry_after }, message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Refusal {
+        Refusal::new(Reason::Invalid, message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Refusal {
+        Refusal::new(Reason::TooLarge, message)
+    }
+
+    /// Whether the same request may be taken later, unchanged.
+    pub fn may_clear(&self) -> bool {
+        matches!(
+            self.reason,
+            Reason::Busy { .. } | Reason::RateLimited { .. }
+        )
     }
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.error, self.message)
+        write!(f, "{:?}: {}", self.reason, self.message)
     }
 }
 

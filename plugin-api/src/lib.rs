@@ -14,12 +14,13 @@ mod component;
 mod listeners;
 mod model;
 mod registry;
+mod room;
 pub mod telemetry;
 
 pub use ack::{Ack, AckReceiver, Delivery};
 pub use component::{
-    BoxError, Consumer, ExportError, Exporter, Outcome, Problem, Processor, RateLimitState,
-    Receiver, Refusal, Rejection, ServiceControl,
+    Admitted, BoxError, Consumer, ExportError, Exporter, Outcome, Pipelines, Problem, Processor,
+    RateLimitState, Reason, Receiver, Refusal, Rejection, RequestHead, ServiceControl,
 };
 pub use listeners::Listeners;
 pub use model::{Batch, KeyInfo, Metric, MetricType, Request, RequestContext, parse_timestamp};
@@ -28,6 +29,7 @@ pub use registry::{
     ProcessorConfig, ProcessorRegistration, ReceiverConfig, ReceiverRegistration, Registration,
     closest, hint_unknown_field,
 };
+pub use room::{Permit, Reservation, Room};
 
 // Re-exported so a plugin crate needs no direct dependency on them.
 pub use async_trait::async_trait;

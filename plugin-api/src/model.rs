@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ack::Ack;
+use crate::room::{Permit, Reservation, Room};
 
 /// The kinds of metric the contract knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,9 +91,7 @@ pub struct RequestContext {
     pub version: Option<String>,
     pub instance_id: Option<String>,
     pub received_at: DateTime<Utc>,
-    /// The credential as presented (`X-API-Key`), for the `auth` processor to check.
-    pub api_key: Option<String>,
-    /// Set by the `auth` processor once the key is checked.
+    /// The API key behind the request, once a component that checks keys admitted it.
     pub key: Option<KeyInfo>,
 }
 
@@ -104,11 +103,13 @@ pub struct Request {
 }
 
 /// What flows between components: one or more requests' metrics (more than one once batched),
-/// and the acknowledgements that resolve when the last exporter is done with them.
+/// the acknowledgements that resolve when the last exporter is done with them, and the room the
+/// engine reserved for them on admission.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub requests: Vec<Request>,
     acks: Vec<Ack>,
+    reserved: Vec<Arc<Reservation>>,
 }
 
 impl Batch {
@@ -116,7 +117,18 @@ impl Batch {
         Batch {
             requests: vec![request],
             acks: ack.into_iter().collect(),
+            reserved: Vec::new(),
         }
+    }
+
+    /// Carries room reserved for these metrics in a component down the pipeline.
+    pub fn reserve(&mut self, reservation: Arc<Reservation>) {
+        self.reserved.push(reservation);
+    }
+
+    /// The room reserved for this batch in `room`, taken out so no other copy can use it.
+    pub fn take_reserved(&self, room: &Room) -> Option<Permit> {
+        self.reserved.iter().find_map(|r| r.take_if_of(room))
     }
 
     /// The number of metrics, across requests.
@@ -139,6 +151,7 @@ impl Batch {
     pub fn append(&mut self, mut other: Batch) {
         self.requests.append(&mut other.requests);
         self.acks.append(&mut other.acks);
+        self.reserved.append(&mut other.reserved);
     }
 
     /// Splits off and returns the first `max` metrics; both halves keep the acknowledgements,
@@ -147,6 +160,7 @@ impl Batch {
         let mut front = Batch {
             requests: Vec::new(),
             acks: self.acks.clone(),
+            reserved: self.reserved.clone(),
         };
         let mut room = max;
         while room > 0 && !self.requests.is_empty() {
@@ -202,7 +216,6 @@ mod tests {
             version: None,
             instance_id: None,
             received_at: Utc::now(),
-            api_key: None,
             key: None,
         };
         let metric = |index| Metric {

@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
-use tokio::sync::Semaphore;
+
+use crate::room::Room;
 
 /// Bucket bounds of the request duration histogram, in seconds.
 const REQUEST_DURATION_BUCKETS: [f64; 14] = [
@@ -54,8 +55,7 @@ struct Instruments {
 /// An exporter queue whose fill the gauges read when collected.
 struct QueueEntry {
     exporter: String,
-    capacity: usize,
-    room: Weak<Semaphore>,
+    room: Weak<Room>,
 }
 
 static SINKS: RwLock<Vec<Arc<Instruments>>> = RwLock::new(Vec::new());
@@ -92,7 +92,7 @@ pub fn attach(meter: &Meter) -> TelemetryGuard {
         ),
         receiver_refused: counter(
             "mcp_metrics_receiver_refused_metric_points",
-            "Metric points a receiver could not take: rejected alone or in a refused request",
+            "Metric points a receiver could not take: rejected alone or in a request refused after decoding",
         ),
         request_duration: meter
             .f64_histogram("mcp_metrics_receiver_request_duration")
@@ -168,18 +168,21 @@ fn for_each_queue(mut observe: impl FnMut(&str, usize, usize)) {
     queues.retain(|queue| queue.room.strong_count() > 0);
     for queue in queues.iter() {
         if let Some(room) = queue.room.upgrade() {
-            observe(&queue.exporter, queue.capacity, room.available_permits());
+            observe(
+                &queue.exporter,
+                room.capacity(),
+                room.capacity() - room.held(),
+            );
         }
     }
 }
 
-/// An exporter's queue was made: its fill is read from the permits left in `room`.
-pub fn queue_started(exporter: &str, capacity: usize, room: &Arc<Semaphore>) {
+/// An exporter's queue was made: its fill is read from its `room`.
+pub fn queue_started(exporter: &str, room: &Arc<Room>) {
     let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
     queues.retain(|queue| queue.room.strong_count() > 0);
     queues.push(QueueEntry {
         exporter: exporter.to_owned(),
-        capacity,
         room: Arc::downgrade(room),
     });
 }

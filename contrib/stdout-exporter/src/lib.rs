@@ -111,7 +111,6 @@ mod tests {
             version: None,
             instance_id: None,
             received_at: chrono::Utc::now(),
-            api_key: None,
             key: None,
         };
         let metric = |metric_type| Metric {

@@ -1,8 +1,9 @@
 //! `batch`: gathers requests into larger batches, handed on when `send_batch_size` metrics wait
 //! or `timeout` has passed since the first of them, whichever comes first (the OpenTelemetry
 //! Collector's batch processor). Unlike the Collector's, it keeps its promise: what it holds is
-//! bounded (`queue_size`, then 503), is retried when the next step refuses it, and is handed on
-//! at shutdown; each request's acknowledgement travels with its metrics.
+//! bounded (`queue_size`, its [`Room`], which the engine reserves from on admission), is retried
+//! when the next step refuses it, and is handed on at shutdown; each request's acknowledgement
+//! travels with its metrics.
 
 mod config;
 
@@ -12,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcp_metrics_plugin::{
-    Batch, CancellationToken, Consumer, Outcome, Processor, Refusal, async_trait,
+    Batch, CancellationToken, Consumer, Outcome, Permit, Processor, Reason, Refusal, Room,
+    async_trait,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -27,6 +29,8 @@ pub struct BatchProcessor {
 struct Shared {
     config: BatchConfig,
     next: Arc<dyn Consumer>,
+    /// What it holds, pending or being handed on, counts against this.
+    room: Arc<Room>,
     pending: Mutex<Pending>,
     /// Wakes the flusher when a batch starts or fills up.
     wake: Notify,
@@ -36,11 +40,10 @@ struct Shared {
 #[derive(Default)]
 struct Pending {
     batch: Batch,
+    /// The pending metrics' share of the room.
+    permit: Option<Permit>,
     /// When the oldest pending metric arrived.
     since: Option<Instant>,
-    /// Metrics taken by the flusher and not yet accepted downstream; they count against
-    /// `queue_size` too.
-    in_flight: usize,
     /// Shut down: nothing is held any more, batches go straight on (a request that was under way
     /// during a reload can still arrive).
     closed: bool,
@@ -49,6 +52,7 @@ struct Pending {
 impl BatchProcessor {
     fn start(id: String, config: BatchConfig, next: Arc<dyn Consumer>) -> BatchProcessor {
         let shared = Arc::new(Shared {
+            room: Room::new(config.queue_size),
             config,
             next,
             pending: Mutex::new(Pending::default()),
@@ -79,8 +83,8 @@ impl Consumer for BatchProcessor {
 }
 
 impl BatchProcessor {
-    /// Adds the batch to what is pending; gives it back if this processor no longer holds
-    /// anything (after its last flush), refuses it if the queue is full.
+    /// Adds the batch to what is pending, in the room reserved for it; gives it back if this
+    /// processor no longer holds anything (after its last flush), refuses it if it is full.
     fn hold(&self, batch: Batch) -> Result<Option<Batch>, Refusal> {
         let config = &self.shared.config;
         let mut pending = self
@@ -91,11 +95,15 @@ impl BatchProcessor {
         if pending.closed {
             return Ok(Some(batch));
         }
-        if pending.batch.len() + pending.in_flight + batch.len() > config.queue_size {
-            return Err(Refusal::unavailable(
+        let Some(permit) = self.shared.room.take_for(&batch) else {
+            return Err(Refusal::busy(
                 format!("processor {} is full: exporters are behind", self.shared.id),
-                1,
+                Duration::from_secs(1),
             ));
+        };
+        match pending.permit.as_mut() {
+            Some(held) => held.merge(permit),
+            None => pending.permit = Some(permit),
         }
         let first = pending.since.is_none();
         if first {
@@ -117,15 +125,8 @@ impl Processor for BatchProcessor {
         self.shared.flush(false).await;
     }
 
-    fn problem(&self) -> Option<String> {
-        let pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let held = pending.batch.len() + pending.in_flight;
-        let limit = self.shared.config.queue_size;
-        (held >= limit).then(|| format!("queue full ({held} of {limit} metrics)"))
+    fn room(&self) -> Option<Arc<Room>> {
+        Some(self.shared.room.clone())
     }
 
     async fn shutdown(&self) {
@@ -173,13 +174,11 @@ impl Shared {
     /// Hands on everything pending, in batches of at most `send_batch_max_size`; when `last`,
     /// holds nothing from then on.
     async fn flush(&self, last: bool) {
-        let mut batch = {
+        let (mut batch, mut permit) = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.closed |= last;
             pending.since = None;
-            let batch = std::mem::take(&mut pending.batch);
-            pending.in_flight += batch.len();
-            batch
+            (std::mem::take(&mut pending.batch), pending.permit.take())
         };
         let max = match self.config.send_batch_max_size {
             0 => usize::MAX,
@@ -191,17 +190,16 @@ impl Shared {
             } else {
                 std::mem::take(&mut batch)
             };
-            let size = part.len();
+            // The part holds its share of the room until the next step has it.
+            let _share = permit.as_mut().map(|p| p.split(part.len()));
             self.hand_on(part).await;
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.in_flight -= size;
         }
     }
 
     /// Offers the batch until the next step takes it: these metrics were acknowledged. A full
-    /// queue (503) is waited out; a batch larger than the next step can ever take (413) goes on in
-    /// halves; any other refusal (a judging processor placed after `batch`) cannot clear by
-    /// waiting, so those metrics are failed, loudly, rather than blocking everything behind them.
+    /// queue is waited out; a batch larger than the next step can ever take goes on in halves;
+    /// any other refusal (a judging processor placed after `batch`) cannot clear by waiting, so
+    /// those metrics are failed, loudly, rather than blocking everything behind them.
     async fn hand_on(&self, batch: Batch) {
         let mut parts = vec![batch];
         'parts: while let Some(mut part) = parts.pop() {
@@ -211,13 +209,13 @@ impl Shared {
                     Ok(_) => continue 'parts,
                     Err(refusal) => refusal,
                 };
-                match refusal.status {
-                    503 => {
+                match refusal.reason {
+                    Reason::Busy { .. } => {
                         tracing::warn!(processor = %self.id, %refusal, metrics = part.len(), retry_in = ?delay, "next step refused a batch; holding it");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }
-                    413 if part.len() > 1 => {
+                    Reason::TooLarge if part.len() > 1 => {
                         let front = part.take_front(part.len() / 2);
                         parts.push(part);
                         parts.push(front);

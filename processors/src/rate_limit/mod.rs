@@ -1,8 +1,8 @@
 //! `rate_limit`: requests per minute per API key, each key at its own `rate_limit` (or the
 //! default). A limit of N lets a fresh key send N requests at once, then refills smoothly at N per
-//! minute (GCRA, through `governor`), so there is no double burst at a window's edge. Every
-//! answer carries `X-RateLimit-Limit`, `-Remaining` and `-Reset`; over the limit, 429 with
-//! `Retry-After`.
+//! minute (GCRA, through `governor`), so there is no double burst at a window's edge. It judges
+//! a request from its head, before the body is read: the caller's standing goes back to the
+//! client with every answer; over the limit, the request is refused as rate-limited.
 
 mod config;
 
@@ -18,7 +18,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use mcp_metrics_plugin::{
-    Batch, Consumer, Outcome, Processor, RateLimitState, Refusal, RequestContext, async_trait,
+    Batch, Consumer, Outcome, Processor, RateLimitState, Reason, Refusal, RequestHead, async_trait,
     telemetry,
 };
 
@@ -43,68 +43,50 @@ struct Limiter {
 /// What the caller is told about its limit.
 struct Verdict {
     allowed: bool,
-    limit: u32,
-    remaining: u32,
-    /// Seconds until the bucket is full again.
-    reset: u64,
+    standing: RateLimitState,
     /// Seconds until the next request would be allowed.
     retry_after: u64,
 }
 
-impl Verdict {
-    fn headers(&self) -> Vec<(String, String)> {
-        vec![
-            ("x-ratelimit-limit".into(), self.limit.to_string()),
-            ("x-ratelimit-remaining".into(), self.remaining.to_string()),
-            ("x-ratelimit-reset".into(), self.reset.to_string()),
-        ]
+#[async_trait]
+impl Consumer for RateLimitProcessor {
+    /// Its work was done on the request's head.
+    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
+        self.next.consume(batch).await
     }
 }
 
 #[async_trait]
-impl Consumer for RateLimitProcessor {
-    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
-        // A batch from a receiver is one request; one verdict per request.
-        let mut headers = Vec::new();
-        for request in &batch.requests {
-            let verdict = self.check(&request.context);
-            headers = verdict.headers();
-            if !verdict.allowed {
-                let service = request
-                    .context
-                    .key
-                    .as_ref()
-                    .map_or(&request.context.service, |k| &k.service_name);
-                telemetry::rate_limited(service);
-                let mut refusal = Refusal::new(
-                    429,
-                    "rate_limit_exceeded",
-                    format!(
-                        "over the limit of {} requests per minute; retry in {} s",
-                        verdict.limit, verdict.retry_after
-                    ),
-                );
-                refusal.retry_after = Some(verdict.retry_after);
-                refusal.headers = headers;
-                return Err(refusal);
-            }
+impl Processor for RateLimitProcessor {
+    async fn admit(&self, head: &mut RequestHead) -> Result<(), Refusal> {
+        if head.look_only {
+            head.standing = Some(self.look(head));
+            return Ok(());
         }
-        match self.next.consume(batch).await {
-            Ok(mut outcome) => {
-                outcome.headers.extend(headers);
-                Ok(outcome)
-            }
-            Err(mut refusal) => {
-                refusal.headers.extend(headers);
-                Err(refusal)
-            }
+        let verdict = self.check(head);
+        head.standing = Some(verdict.standing);
+        if verdict.allowed {
+            return Ok(());
         }
+        let service = head.key.as_ref().map_or("anonymous", |k| &k.service_name);
+        telemetry::rate_limited(service);
+        Err(Refusal::new(
+            Reason::RateLimited {
+                standing: verdict.standing,
+                retry_after: Duration::from_secs(verdict.retry_after),
+            },
+            format!(
+                "over the limit of {} requests per minute; retry in {} s",
+                verdict.standing.limit, verdict.retry_after
+            ),
+        ))
     }
 }
 
-impl Processor for RateLimitProcessor {
-    fn rate_limit(&self, context: &RequestContext) -> Option<RateLimitState> {
-        let (caller, per_minute) = self.caller(context);
+impl RateLimitProcessor {
+    /// The caller's standing, without using up a request.
+    fn look(&self, head: &RequestHead) -> RateLimitState {
+        let (caller, per_minute) = self.caller(head);
         let limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         let remaining = match limiters.get(&caller) {
             Some(limiter) if limiter.per_minute == per_minute => {
@@ -116,17 +98,15 @@ impl Processor for RateLimitProcessor {
             }
             _ => per_minute,
         };
-        Some(RateLimitState {
+        RateLimitState {
             limit: per_minute,
             remaining,
             reset_seconds: seconds_up(
                 Duration::from_secs(60) / per_minute * (per_minute - remaining),
             ),
-        })
+        }
     }
-}
 
-impl RateLimitProcessor {
     fn new(config: &RateLimitConfig, next: Arc<dyn Consumer>) -> RateLimitProcessor {
         RateLimitProcessor {
             default_limit: config.default_limit,
@@ -136,12 +116,13 @@ impl RateLimitProcessor {
         }
     }
 
-    /// Who the caller is, and its limit: by API key once authenticated, else by the service the
-    /// client names.
-    fn caller(&self, context: &RequestContext) -> (String, u32) {
-        let (caller, own_limit) = match &context.key {
-            Some(key) => (format!("key:{}", key.id), key.rate_limit),
-            None => (format!("service:{}", context.service), None),
+    /// Who the caller is, and its limit: by API key once authenticated, else by the credential it
+    /// presents (a pipeline without `auth`), else one bucket for every anonymous caller.
+    fn caller(&self, head: &RequestHead) -> (String, u32) {
+        let (caller, own_limit) = match (&head.key, &head.credential) {
+            (Some(key), _) => (format!("key:{}", key.id), key.rate_limit),
+            (None, Some(credential)) => (format!("credential:{credential}"), None),
+            (None, None) => ("anonymous".to_owned(), None),
         };
         let per_minute = own_limit
             .filter(|n| *n > 0)
@@ -151,8 +132,8 @@ impl RateLimitProcessor {
     }
 
     /// Takes one request from the caller's bucket, if it has one to give.
-    fn check(&self, context: &RequestContext) -> Verdict {
-        let (caller, per_minute) = self.caller(context);
+    fn check(&self, head: &RequestHead) -> Verdict {
+        let (caller, per_minute) = self.caller(head);
         let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if limiters.len() >= self.max_tracked && !limiters.contains_key(&caller) {
@@ -180,9 +161,11 @@ impl RateLimitProcessor {
                 limiter.remaining = state.remaining_burst_capacity();
                 Verdict {
                     allowed: true,
-                    limit: per_minute,
-                    remaining: limiter.remaining,
-                    reset: seconds_up(refill * (per_minute - limiter.remaining)),
+                    standing: RateLimitState {
+                        limit: per_minute,
+                        remaining: limiter.remaining,
+                        reset_seconds: seconds_up(refill * (per_minute - limiter.remaining)),
+                    },
                     retry_after: 0,
                 }
             }
@@ -191,9 +174,11 @@ impl RateLimitProcessor {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 Verdict {
                     allowed: false,
-                    limit: per_minute,
-                    remaining: 0,
-                    reset: seconds_up(refill * per_minute),
+                    standing: RateLimitState {
+                        limit: per_minute,
+                        remaining: 0,
+                        reset_seconds: seconds_up(refill * per_minute),
+                    },
                     retry_after: seconds_up(wait).max(1),
                 }
             }

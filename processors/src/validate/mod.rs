@@ -42,10 +42,7 @@ impl Consumer for ValidateProcessor {
         } else {
             self.next.consume(batch).await?
         };
-        outcome.merge(Outcome {
-            rejected,
-            headers: Vec::new(),
-        });
+        outcome.merge(Outcome { rejected });
         Ok(outcome)
     }
 }
@@ -80,7 +77,7 @@ impl ValidateProcessor {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Refusal::new(422, "invalid_request", problems.join("; ")))
+            Err(Refusal::invalid(problems.join("; ")))
         }
     }
 

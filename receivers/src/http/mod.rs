@@ -1,5 +1,7 @@
-//! `http`: the receiver every MCP Gateway component already talks to. `POST /metrics` decodes
-//! the request, judges each metric's shape alone and hands the batch to the pipeline;
+//! `http`: the receiver every MCP Gateway component already talks to. `POST /metrics` has the
+//! pipelines judge the request from its head (key, rate limit, room), then checks its size and
+//! type, and only then reads and decodes the body, judges each metric's shape alone and hands the
+//! batch on;
 //! `GET /health` and `GET /ready` say whether the service takes metrics; the operator endpoints
 //! are in `ops`. Every refusal, the framework's own included, answers with the contract's JSON
 //! error body and a request id.
@@ -14,8 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -23,13 +24,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use mcp_metrics_plugin::{
-    Ack, Batch, BoxError, BuildContext, CancellationToken, Consumer, Delivery, Outcome, Problem,
-    Receiver, Refusal, Request, RequestContext, ServiceControl, async_trait, telemetry,
+    Ack, Admitted, Batch, BoxError, BuildContext, CancellationToken, Delivery, Outcome, Pipelines,
+    Problem, RateLimitState, Reason, Receiver, Request, RequestContext, RequestHead,
+    ServiceControl, async_trait, telemetry,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use wire::{body_refusal, decode_metric, decode_request, outcome_reply, refusal_reply, request_id};
+use wire::{HttpError, decode_metric, decode_request, error_reply, outcome_reply, request_id};
 
 pub struct HttpReceiver {
     config: HttpConfig,
@@ -42,7 +44,7 @@ pub struct HttpReceiver {
 struct App {
     id: String,
     config: HttpConfig,
-    next: Arc<dyn Consumer>,
+    pipelines: Arc<dyn Pipelines>,
     in_flight: tokio::sync::Semaphore,
     ops: Option<Arc<ops::Ops>>,
     control: Arc<dyn ServiceControl>,
@@ -75,7 +77,7 @@ impl HttpReceiver {
 impl Receiver for HttpReceiver {
     async fn run(
         self: Box<Self>,
-        next: Arc<dyn Consumer>,
+        pipelines: Arc<dyn Pipelines>,
         shutdown: CancellationToken,
     ) -> Result<(), BoxError> {
         let body_limit =
@@ -84,7 +86,7 @@ impl Receiver for HttpReceiver {
             in_flight: tokio::sync::Semaphore::new(self.config.max_concurrent_requests),
             id: self.id.clone(),
             config: self.config,
-            next,
+            pipelines,
             ops: self.ops,
             control: self.control,
         });
@@ -119,54 +121,92 @@ async fn limit_in_flight(
     match app.in_flight.try_acquire() {
         Ok(_permit) => next.run(request).await,
         Err(_) => {
-            let refusal = Refusal::unavailable("too many requests in flight; retry shortly", 1);
-            refusal_reply(&refusal, &request_id())
+            let refusal = HttpError::unavailable(
+                "too many requests in flight; retry shortly",
+                std::time::Duration::from_secs(1),
+            );
+            error_reply(&refusal, &request_id(), None)
         }
     }
 }
 
-async fn post_metrics(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn post_metrics(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
     let request_id = request_id();
-    let (started, mut points) = (std::time::Instant::now(), 0);
-    let reply = match take_metrics(&app, &headers, body, &request_id, &mut points).await {
+    let started = std::time::Instant::now();
+    let received_at = Utc::now();
+    let (head, body) = request.into_parts();
+    let mut judged = Judged::default();
+    let result = match judge_head(&app, &head.headers, &mut judged).await {
+        Ok(admitted) => {
+            take_metrics(&app, admitted, body, &request_id, received_at, &mut judged).await
+        }
+        Err(error) => {
+            tokio::spawn(discard(body, app.config.max_request_size.as_u64()));
+            Err(error)
+        }
+    };
+    let reply = match result {
         Ok((total, outcome)) => {
             let rejected = outcome.rejected.len();
             telemetry::receiver_points(&app.id, total - rejected, rejected);
-            outcome_reply(total, outcome, &request_id)
+            outcome_reply(total, outcome, &request_id, judged.standing)
         }
-        Err(refusal) => {
-            tracing::debug!(%request_id, %refusal, "request refused");
-            telemetry::receiver_points(&app.id, 0, points);
-            refusal_reply(&refusal, &request_id)
+        Err(error) => {
+            tracing::debug!(%request_id, %error, "request refused");
+            telemetry::receiver_points(&app.id, 0, judged.points);
+            error_reply(&error, &request_id, judged.standing)
         }
     };
     telemetry::receiver_request(&app.id, reply.status().as_u16(), started.elapsed());
     reply
 }
 
-/// Decodes the request and hands it to the pipeline; returns how many metrics it had and what
-/// the pipeline said. `points` learns how many it had as soon as that is known.
-async fn take_metrics(
+/// What is known of a request by the time it is answered.
+#[derive(Default)]
+struct Judged {
+    /// Its metrics, once decoded.
+    points: usize,
+    /// The caller's rate-limit standing, once judged.
+    standing: Option<RateLimitState>,
+}
+
+/// Everything the head tells, cheapest refusal first: the pipelines' admission (key, rate limit,
+/// room), then the body's declared size and its type.
+async fn judge_head(
     app: &App,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    request_id: &Arc<str>,
-    points: &mut usize,
-) -> Result<(usize, Outcome), Refusal> {
-    let received_at = Utc::now();
-    let body = body.map_err(body_refusal)?;
+    judged: &mut Judged,
+) -> Result<Box<dyn Admitted>, HttpError> {
+    let admitted = admit(app, headers, false).await.map_err(|refusal| {
+        if let Reason::RateLimited { standing, .. } = refusal.reason {
+            judged.standing = Some(standing);
+        }
+        HttpError::from(refusal)
+    })?;
+    judged.standing = admitted.head().standing;
+    check_content_length(headers, app.config.max_request_size.as_u64())?;
     check_content_type(headers)?;
+    Ok(admitted)
+}
+
+/// Reads and decodes the body of an admitted request and hands its metrics on; returns how many
+/// metrics it had and what the pipelines said.
+async fn take_metrics(
+    app: &App,
+    admitted: Box<dyn Admitted>,
+    body: Body,
+    request_id: &Arc<str>,
+    received_at: chrono::DateTime<Utc>,
+    judged: &mut Judged,
+) -> Result<(usize, Outcome), HttpError> {
+    let body = read_body(body, app.config.max_request_size.as_u64()).await?;
     let wire = decode_request(&body)?;
     let total = wire.metrics.len();
-    *points = total;
+    judged.points = total;
     let limit = app.config.max_metrics_per_request;
     if total > limit {
-        return Err(Refusal::new(
-            413,
+        return Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_metrics",
             format!(
                 "{total} metrics in one request; at most {limit} allowed, send them in several requests"
@@ -187,11 +227,7 @@ async fn take_metrics(
         version: wire.version,
         instance_id: wire.instance_id,
         received_at,
-        api_key: headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        key: None,
+        key: admitted.head().key.clone(),
     };
     let request = Request {
         context: Arc::new(context),
@@ -203,40 +239,113 @@ async fn take_metrics(
     } else {
         (None, None)
     };
-    outcome.merge(app.next.consume(Batch::new(request, ack)).await?);
+    outcome.merge(admitted.deliver(Batch::new(request, ack)).await?);
     if let Some(delivered) = delivered {
-        wait_for_delivery(delivered, app.config.acknowledgement_timeout)
-            .await
-            .map_err(|mut refusal| {
-                refusal.headers.append(&mut outcome.headers);
-                refusal
-            })?;
+        wait_for_delivery(delivered, app.config.acknowledgement_timeout).await?;
     }
     Ok((total, outcome))
+}
+
+/// Asks the pipelines to admit a request from its headers (`look_only`: only to learn what it
+/// would be told).
+async fn admit(
+    app: &App,
+    headers: &HeaderMap,
+    look_only: bool,
+) -> Result<Box<dyn Admitted>, mcp_metrics_plugin::Refusal> {
+    let head = RequestHead {
+        credential: headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        look_only,
+        ..RequestHead::default()
+    };
+    app.pipelines.admit(head).await
+}
+
+/// How long the rest of a refused request's body is read for, at most.
+const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and drops what is left of the body of a request answered from its head: its client,
+/// still sending, then gets the answer rather than a reset connection, and the connection stays
+/// open for the next request. Nothing is kept or decoded; past `limit` bytes or
+/// [`DISCARD_TIMEOUT`], the connection is closed instead.
+async fn discard(mut body: Body, limit: u64) {
+    use http_body_util::BodyExt;
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |data| data.len() as u64);
+            if read > limit {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A body its client says is larger than allowed is refused before it is read.
+fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), HttpError> {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(length) if length > limit => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+fn too_large(limit: u64) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!("request body is larger than max_request_size ({limit} bytes)"),
+    )
+}
+
+/// Reads the body, at most `limit` bytes of it (a chunked body says its size only by ending).
+async fn read_body(body: Body, limit: u64) -> Result<axum::body::Bytes, HttpError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let too_long = std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if too_long {
+            too_large(limit as u64)
+        } else {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                format!("cannot read the request body: {error}"),
+            )
+        }
+    })
 }
 
 async fn wait_for_delivery(
     delivered: mcp_metrics_plugin::AckReceiver,
     timeout: std::time::Duration,
-) -> Result<(), Refusal> {
+) -> Result<(), HttpError> {
+    let retry_after = std::time::Duration::from_secs(5);
     match tokio::time::timeout(timeout, delivered).await {
         Ok(Ok(Delivery::Delivered)) => Ok(()),
-        Ok(Ok(Delivery::Failed(reason))) => Err(Refusal::unavailable(
+        Ok(Ok(Delivery::Failed(reason))) => Err(HttpError::unavailable(
             format!("metrics could not be stored: {reason}"),
-            5,
+            retry_after,
         )),
         // The sender cannot vanish without sending: dropping it is what sends.
         Ok(Err(_)) => Ok(()),
-        Err(_) => Err(Refusal::unavailable(
+        Err(_) => Err(HttpError::unavailable(
             "metrics were not stored in time; they may still be, so a retry can duplicate them",
-            5,
+            retry_after,
         )),
     }
 }
 
 /// JSON, or no content type at all (some clients omit it); anything else is a mistake worth
 /// telling the client about.
-fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
+fn check_content_type(headers: &HeaderMap) -> Result<(), HttpError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
@@ -251,8 +360,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
     if media_type == "application/json" || media_type.ends_with("+json") {
         Ok(())
     } else {
-        Err(Refusal::new(
-            415,
+        Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             format!("Content-Type {media_type:?} is not JSON; send application/json"),
         ))
@@ -299,19 +408,19 @@ fn status_reply(status: &str, service: &str, problems: &[Problem]) -> Response {
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
-    let refusal = Refusal::new(
-        404,
+    let error = HttpError::new(
+        StatusCode::NOT_FOUND,
         "not_found",
         format!("no endpoint {method} {}", uri.path()),
     );
-    refusal_reply(&refusal, &request_id())
+    error_reply(&error, &request_id(), None)
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let refusal = Refusal::new(
-        405,
+    let error = HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!("{} does not take {method}", uri.path()),
     );
-    refusal_reply(&refusal, &request_id())
+    error_reply(&error, &request_id(), None)
 }

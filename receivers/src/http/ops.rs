@@ -10,18 +10,16 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
-use mcp_metrics_plugin::{
-    BoxError, BuildContext, KeyInfo, Refusal, RequestContext, ServiceControl,
-};
+use mcp_metrics_plugin::{BoxError, BuildContext, KeyInfo, ServiceControl};
 use mcp_metrics_store::{KeyCache, Store, metric_table};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::App;
-use super::wire::{body_refusal, refusal_reply, request_id, success_reply};
+use super::wire::{HttpError, body_refusal, error_reply, request_id, success_reply};
+use super::{App, admit};
 
 /// How long `POST /flush` waits for the exporters.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,7 +60,11 @@ async fn reload(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     guarded(&app, &headers, true, |ops, _| async move {
         match ops.control.reload().await {
             Ok(summary) => Ok(json!({"message": summary})),
-            Err(errors) => Err(Refusal::new(422, "invalid_config", errors)),
+            Err(errors) => Err(HttpError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                errors,
+            )),
         }
     })
     .await
@@ -72,22 +74,22 @@ async fn reload(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 async fn guarded<F, Fut>(app: &App, headers: &HeaderMap, admin: bool, answer: F) -> Response
 where
     F: FnOnce(Arc<Ops>, KeyInfo) -> Fut,
-    Fut: Future<Output = Result<Value, Refusal>>,
+    Fut: Future<Output = Result<Value, HttpError>>,
 {
     let request_id = request_id();
     let Some(ops) = app.ops.clone() else {
-        let refusal = Refusal::new(
-            404,
+        let error = HttpError::new(
+            StatusCode::NOT_FOUND,
             "not_found",
             "operator endpoints need `database` set on the http receiver",
         );
-        return refusal_reply(&refusal, &request_id);
+        return error_reply(&error, &request_id, None);
     };
     let result = async {
         let key = authenticate(&ops, headers).await?;
         if admin && !key.is_admin {
-            return Err(Refusal::new(
-                403,
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
                 "forbidden",
                 "this endpoint needs an admin key (keys create --admin)",
             ));
@@ -97,52 +99,45 @@ where
     .await;
     match result {
         Ok(body) => success_reply(body, &request_id),
-        Err(refusal) => refusal_reply(&refusal, &request_id),
+        Err(error) => error_reply(&error, &request_id, None),
     }
 }
 
-async fn authenticate(ops: &Ops, headers: &HeaderMap) -> Result<KeyInfo, Refusal> {
+async fn authenticate(ops: &Ops, headers: &HeaderMap) -> Result<KeyInfo, HttpError> {
     let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) else {
-        return Err(Refusal::new(
-            401,
+        return Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
             "missing_api_key",
             "API key is required in the X-API-Key header",
         ));
     };
     match ops.keys.lookup(key).await {
         Ok(Some(info)) => Ok(info),
-        Ok(None) => Err(Refusal::new(
-            401,
+        Ok(None) => Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
             "invalid_api_key",
             "API key is invalid or expired",
         )),
         Err(error) => {
             tracing::error!(%error, "cannot check API key");
-            Err(Refusal::unavailable(
+            Err(HttpError::unavailable(
                 "cannot check the API key right now",
-                1,
+                Duration::from_secs(1),
             ))
         }
     }
 }
 
-fn database_error(error: sqlx::Error) -> Refusal {
+fn database_error(error: sqlx::Error) -> HttpError {
     tracing::error!(%error, "admin endpoint: database error");
-    Refusal::unavailable(format!("database error: {error}"), 5)
+    HttpError::unavailable(format!("database error: {error}"), Duration::from_secs(5))
 }
 
+/// The caller's standing as the pipelines would judge a request of its now, spending nothing.
 async fn rate_limit(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    guarded(&app, &headers, false, |ops, key| async move {
-        let context = RequestContext {
-            request_id: String::new(),
-            service: key.service_name.clone(),
-            version: None,
-            instance_id: None,
-            received_at: chrono::Utc::now(),
-            api_key: None,
-            key: Some(key.clone()),
-        };
-        let state = ops.control.rate_limit(&context);
+    let look = admit(&app, &headers, true).await;
+    guarded(&app, &headers, false, |_, key| async move {
+        let state = look.ok().and_then(|admitted| admitted.head().standing);
         let (limit, remaining, reset) = (
             state.map(|s| s.limit),
             state.map(|s| s.remaining),
@@ -168,9 +163,9 @@ async fn flush(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         if ops.control.flush(FLUSH_TIMEOUT).await {
             Ok(json!({"message": "everything held was handed to the exporters and exported"}))
         } else {
-            Err(Refusal::unavailable(
+            Err(HttpError::unavailable(
                 "flush did not finish in 30 s; exporters are behind",
-                5,
+                Duration::from_secs(5),
             ))
         }
     })
@@ -202,32 +197,34 @@ async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 /// error body rather than the framework's plain text.
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn params(query: Params) -> Result<HashMap<String, String>, Refusal> {
-    query
-        .map(|Query(params)| params)
-        .map_err(|rejection| Refusal::new(400, "invalid_request", rejection.body_text()))
+fn params(query: Params) -> Result<HashMap<String, String>, HttpError> {
+    query.map(|Query(params)| params).map_err(|rejection| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            rejection.body_text(),
+        )
+    })
 }
 
 /// A boolean as the Python service (FastAPI) reads one: true/false, 1/0, yes/no, on/off, t/f,
 /// y/n, in any case.
-fn boolean(name: &str, value: &str) -> Result<bool, Refusal> {
+fn boolean(name: &str, value: &str) -> Result<bool, HttpError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" | "t" | "y" => Ok(true),
         "false" | "0" | "no" | "off" | "f" | "n" => Ok(false),
-        _ => Err(Refusal::new(
-            422,
-            "invalid_request",
-            format!("{name}: {value:?} is not a boolean (true or false)"),
-        )),
+        _ => Err(HttpError::invalid(format!(
+            "{name}: {value:?} is not a boolean (true or false)"
+        ))),
     }
 }
 
-fn boolean_param(params: &HashMap<String, String>, name: &str) -> Result<Option<bool>, Refusal> {
+fn boolean_param(params: &HashMap<String, String>, name: &str) -> Result<Option<bool>, HttpError> {
     params.get(name).map(|v| boolean(name, v)).transpose()
 }
 
 /// `table_name`: one metrics table, or all of them when absent or empty.
-fn table_param(params: &HashMap<String, String>) -> Result<Option<&'static str>, Refusal> {
+fn table_param(params: &HashMap<String, String>) -> Result<Option<&'static str>, HttpError> {
     match params.get("table_name").map(|t| t.trim()) {
         None | Some("") => Ok(None),
         Some(name) => known_table(name).map(Some),
@@ -243,8 +240,8 @@ struct PolicyUpdate {
 }
 
 /// `(retention_days, is_active)` from the query or a JSON body; a query parameter wins.
-fn policy_update(params: &HashMap<String, String>, body: &[u8]) -> Result<(u32, bool), Refusal> {
-    let invalid = |message: String| Refusal::new(422, "invalid_request", message);
+fn policy_update(params: &HashMap<String, String>, body: &[u8]) -> Result<(u32, bool), HttpError> {
+    let invalid = HttpError::invalid;
     let mut update = PolicyUpdate::default();
     if !body.trim_ascii().is_empty() {
         update = serde_json::from_slice(body).map_err(|e| invalid(format!("body: {e}")))?;
@@ -278,7 +275,9 @@ async fn set_policy(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     guarded(&app, &headers, true, |ops, _| async move {
-        let Path(table) = table.map_err(|r| Refusal::new(400, "invalid_request", r.body_text()))?;
+        let Path(table) = table.map_err(|r| {
+            HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
+        })?;
         let table = known_table(&table)?;
         let body = body.map_err(body_refusal)?;
         let (retention_days, is_active) = policy_update(&params(query)?, &body)?;
@@ -314,7 +313,7 @@ async fn retention(
     ops: Arc<Ops>,
     table: Option<&'static str>,
     dry_run: bool,
-) -> Result<Value, Refusal> {
+) -> Result<Value, HttpError> {
     let runs = ops
         .store
         .apply_retention(table, dry_run)
@@ -359,10 +358,10 @@ async fn size(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     .await
 }
 
-fn known_table(name: &str) -> Result<&'static str, Refusal> {
+fn known_table(name: &str) -> Result<&'static str, HttpError> {
     metric_table(name).ok_or_else(|| {
-        Refusal::new(
-            404,
+        HttpError::new(
+            StatusCode::NOT_FOUND,
             "unknown_table",
             format!(
                 "no metrics table {name:?}; tables: {}",

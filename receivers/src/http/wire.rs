@@ -1,13 +1,17 @@
-//! The wire contract: the request body as clients send it, and the replies they expect.
+//! The wire contract: the request body as clients send it, the replies they expect, and how a
+//! refusal of the plugin API is said in HTTP.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use mcp_metrics_plugin::{Metric, MetricType, Outcome, Refusal, Rejection, parse_timestamp};
+use mcp_metrics_plugin::{
+    Metric, MetricType, Outcome, RateLimitState, Reason, Refusal, Rejection, parse_timestamp,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -39,14 +43,91 @@ struct WireMetric {
     metadata: Option<Map<String, Value>>,
 }
 
+/// A request refused as a whole, as HTTP says it: a status, the contract's `error` and message,
+/// and when the client may try again.
+#[derive(Debug, Clone)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> HttpError {
+        HttpError {
+            status,
+            error,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 503: the service cannot take this right now.
+    pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> HttpError {
+        HttpError {
+            retry_after: Some(retry_after),
+            ..HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                message,
+            )
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+}
+
+impl From<Refusal> for HttpError {
+    fn from(refusal: Refusal) -> HttpError {
+        let (status, error, retry_after) = match refusal.reason {
+            Reason::MissingCredential => (StatusCode::UNAUTHORIZED, "missing_api_key", None),
+            Reason::InvalidCredential => (StatusCode::UNAUTHORIZED, "invalid_api_key", None),
+            Reason::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None),
+            Reason::RateLimited { retry_after, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                Some(retry_after),
+            ),
+            Reason::Busy { retry_after } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                Some(retry_after),
+            ),
+            Reason::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", None),
+            Reason::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", None),
+        };
+        HttpError {
+            status,
+            error,
+            message: refusal.message,
+            retry_after,
+        }
+    }
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.error,
+            self.message
+        )
+    }
+}
+
 /// Reads the whole body, or says why it cannot be read at all.
-pub fn decode_request(body: &[u8]) -> Result<WireRequest<'_>, Refusal> {
+pub fn decode_request(body: &[u8]) -> Result<WireRequest<'_>, HttpError> {
     serde_json::from_slice(body).map_err(|error| {
         if error.is_data() {
-            Refusal::new(422, "invalid_request", format!("request body: {error}"))
+            HttpError::invalid(format!("request body: {error}"))
         } else {
-            Refusal::new(
-                400,
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
                 "malformed_json",
                 format!("request body is not valid JSON: {error}"),
             )
@@ -55,14 +136,14 @@ pub fn decode_request(body: &[u8]) -> Result<WireRequest<'_>, Refusal> {
 }
 
 /// Why a body could not be read: too large, or cut off.
-pub fn body_refusal(rejection: BytesRejection) -> Refusal {
-    let status = rejection.status().as_u16();
-    let error = if status == 413 {
+pub fn body_refusal(rejection: BytesRejection) -> HttpError {
+    let status = rejection.status();
+    let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
         "request_too_large"
     } else {
         "unreadable_body"
     };
-    Refusal::new(status, error, rejection.body_text())
+    HttpError::new(status, error, rejection.body_text())
 }
 
 /// Reads one metric; `received_at` stands in for a missing timestamp.
@@ -137,24 +218,36 @@ struct Judged<'a> {
     errors: Vec<&'a str>,
 }
 
-/// The contract's error reply.
-pub fn refusal_reply(refusal: &Refusal, request_id: &str) -> Response {
+/// The contract's error reply, with the caller's rate-limit standing when it is known.
+pub fn error_reply(
+    error: &HttpError,
+    request_id: &str,
+    standing: Option<RateLimitState>,
+) -> Response {
     let body = ErrorReply {
         status: "error",
-        error: &refusal.error,
-        message: &refusal.message,
+        error: error.error,
+        message: &error.message,
         request_id,
         judged: None,
     };
-    let mut headers = refusal.headers.clone();
-    if let Some(seconds) = refusal.retry_after {
-        headers.push(("retry-after".into(), seconds.to_string()));
+    let mut response = reply(error.status, body, standing);
+    if let Some(wait) = error.retry_after {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(seconds.max(1)));
     }
-    reply(status(refusal.status), body, &headers)
+    response
 }
 
 /// The contract's success reply, or a 422 when not one metric could be taken.
-pub fn outcome_reply(total: usize, mut outcome: Outcome, request_id: &str) -> Response {
+pub fn outcome_reply(
+    total: usize,
+    mut outcome: Outcome,
+    request_id: &str,
+    standing: Option<RateLimitState>,
+) -> Response {
     outcome.rejected.sort_by_key(|r| r.index);
     let rejected = outcome.rejected.len();
     let accepted = total - rejected;
@@ -172,7 +265,7 @@ pub fn outcome_reply(total: usize, mut outcome: Outcome, request_id: &str) -> Re
                 errors,
             }),
         };
-        return reply(StatusCode::UNPROCESSABLE_ENTITY, body, &outcome.headers);
+        return reply(StatusCode::UNPROCESSABLE_ENTITY, body, standing);
     }
     let body = SuccessReply {
         status: "success",
@@ -181,7 +274,7 @@ pub fn outcome_reply(total: usize, mut outcome: Outcome, request_id: &str) -> Re
         errors,
         request_id,
     };
-    reply(StatusCode::OK, body, &outcome.headers)
+    reply(StatusCode::OK, body, standing)
 }
 
 /// A 200 for the operator endpoints: the contract's `status` and `request_id` around `body`.
@@ -190,24 +283,26 @@ pub fn success_reply(mut body: Value, request_id: &str) -> Response {
         fields.insert("status".into(), Value::from("success"));
         fields.insert("request_id".into(), Value::from(request_id));
     }
-    reply(StatusCode::OK, body, &[])
+    reply(StatusCode::OK, body, None)
 }
 
-fn reply(status: StatusCode, body: impl Serialize, headers: &[(String, String)]) -> Response {
+/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds until the bucket is full) go with
+/// every answer to a caller whose standing is known.
+fn reply(status: StatusCode, body: impl Serialize, standing: Option<RateLimitState>) -> Response {
     let mut response = (status, Json(body)).into_response();
-    for (name, value) in headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
-            response.headers_mut().insert(name, value);
-        }
+    if let Some(standing) = standing {
+        let headers = response.headers_mut();
+        headers.insert("x-ratelimit-limit", HeaderValue::from(standing.limit));
+        headers.insert(
+            "x-ratelimit-remaining",
+            HeaderValue::from(standing.remaining),
+        );
+        headers.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from(standing.reset_seconds),
+        );
     }
     response
-}
-
-fn status(code: u16) -> StatusCode {
-    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// A fresh request id in the contract's shape.
