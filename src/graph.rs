@@ -15,7 +15,8 @@ use anyhow::anyhow;
 use futures::future::join_all;
 use mcp_metrics_plugin::{
     Admitted, Batch, BuildContext, CancellationToken, Consumer, Listeners, Outcome, Pipelines,
-    Processor, Receiver, Refusal, RequestHead, Reservation, Room, ServiceControl, async_trait,
+    Processor, Receiver, Refusal, RequestHead, Reservation, Room, ServiceControl, Telemetry,
+    async_trait,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -30,6 +31,7 @@ pub struct Base {
     pub components: CancellationToken,
     pub control: Arc<dyn ServiceControl>,
     pub listeners: Arc<Listeners>,
+    pub telemetry: Telemetry,
     /// Where a receiver that stops on its own says so.
     pub receiver_failures: mpsc::UnboundedSender<(String, String)>,
 }
@@ -261,8 +263,8 @@ impl Plan {
             BuildContext {
                 id: id.to_owned(),
                 shutdown: stop,
-                control: base.control.clone(),
                 listeners: base.listeners.clone(),
+                telemetry: base.telemetry.clone(),
             }
         };
         let used = |section: &str, id: &String| {
@@ -300,6 +302,7 @@ impl Plan {
             let queue = ExporterQueue::start(
                 id.clone(),
                 exporter,
+                base.telemetry.clone(),
                 &settings.sending_queue,
                 &settings.retry_on_failure,
             );
@@ -423,7 +426,7 @@ impl Plan {
             } else {
                 let cx = context(id);
                 let receiver = receiver_config
-                    .build(&cx)
+                    .build(&cx, base.control.clone())
                     .await
                     .map_err(|e| anyhow!("receivers.{id}: {e}"))?;
                 PlannedReceiver::New {

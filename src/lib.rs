@@ -1,6 +1,6 @@
 //! mcp-metrics: the engine. It reads `pipelines.yaml`, builds the receivers, processors and
 //! exporters it names through the plugin registry, runs them, and drains them on shutdown.
-//! The built-in plugins live in their own crates; linking them here is what registers them.
+//! The plugins live in crates of their own; `distribution/` lists the ones this binary links.
 
 pub mod config;
 pub mod control;
@@ -13,8 +13,5 @@ pub mod service;
 pub use config::{ServiceConfig, load_file, parse};
 pub use service::{ConfigSource, Service};
 
-// `inventory` only sees plugin crates that the binary links; naming them links them.
-use mcp_metrics_exporters as _;
-use mcp_metrics_processors as _;
-use mcp_metrics_receivers as _;
-use mcp_metrics_stdout_exporter as _;
+// `inventory` only sees plugin crates that the binary links; naming the distribution links them.
+use mcp_metrics_distribution as _;

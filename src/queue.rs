@@ -16,7 +16,7 @@ use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
 use mcp_metrics_plugin::{
     Batch, CancellationToken, ComponentConfig, Consumer, ExportError, Exporter, Outcome, Permit,
-    Refusal, Room, async_trait, telemetry,
+    Refusal, Room, Telemetry, async_trait,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Semaphore, mpsc};
@@ -118,6 +118,7 @@ pub struct ExporterQueue {
     failing: Arc<Failing>,
     /// Cancelled when the queue drains: workers waiting to retry try again at once.
     draining: CancellationToken,
+    telemetry: Telemetry,
 }
 
 /// Since when exports have been failing, and the latest error; empty while they succeed.
@@ -149,6 +150,7 @@ impl ExporterQueue {
     pub fn start(
         id: String,
         exporter: Box<dyn Exporter>,
+        telemetry: Telemetry,
         queue: &QueueSettings,
         retry: &RetrySettings,
     ) -> Arc<ExporterQueue> {
@@ -167,12 +169,13 @@ impl ExporterQueue {
                     batch_max_size: queue.batch_max_size,
                     retry: retry.clone(),
                     draining: draining.clone(),
+                    telemetry: telemetry.clone(),
                 };
                 tokio::spawn(worker.run())
             })
             .collect();
         let room = Room::new(queue.queue_size);
-        telemetry::queue_started(&id, &room);
+        telemetry.queue_started(&id, &room);
         Arc::new(ExporterQueue {
             id,
             exporter,
@@ -181,6 +184,7 @@ impl ExporterQueue {
             workers: Mutex::new(workers),
             failing,
             draining,
+            telemetry,
         })
     }
 
@@ -244,7 +248,7 @@ impl ExporterQueue {
             )));
         }
         self.room.take_for(batch).ok_or_else(|| {
-            telemetry::exporter_enqueue_failed(&self.id, size);
+            self.telemetry.exporter_enqueue_failed(&self.id, size);
             Refusal::busy(
                 format!("exporter {} is behind: its queue is full", self.id),
                 Duration::from_secs(1),
@@ -285,6 +289,7 @@ struct Worker {
     batch_max_size: usize,
     retry: RetrySettings,
     draining: CancellationToken,
+    telemetry: Telemetry,
 }
 
 impl Worker {
@@ -352,11 +357,11 @@ impl Worker {
         match &result {
             Ok(()) => {
                 self.failing.succeeded();
-                telemetry::exporter_sent(&self.id, batch.len());
+                self.telemetry.exporter_sent(&self.id, batch.len());
             }
             Err(error) => {
                 self.failing.failed(error);
-                telemetry::exporter_send_failed(&self.id, batch.len());
+                self.telemetry.exporter_send_failed(&self.id, batch.len());
             }
         }
         if let Err(error) = result {

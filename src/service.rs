@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use futures::future::join_all;
-use mcp_metrics_plugin::{CancellationToken, Listeners};
+use mcp_metrics_plugin::{CancellationToken, Listeners, Telemetry};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -75,6 +75,7 @@ impl Service {
             components: CancellationToken::new(),
             control: control.clone(),
             listeners: Arc::new(Listeners::default()),
+            telemetry: Telemetry::default(),
             receiver_failures: failures,
         };
         let plan = match Plan::build(&config, None, &base).await {

@@ -52,7 +52,7 @@ pub trait Processor: Consumer {
 /// heads learned from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestHead {
-    /// The credential as presented (`X-API-Key`).
+    /// The credential as presented (an API key), if any.
     pub credential: Option<String>,
     /// Only asks what the request would be told (`GET /rate-limit`): nothing is spent or reserved.
     pub look_only: bool,

@@ -30,6 +30,7 @@ pub use registry::{
     closest, hint_unknown_field,
 };
 pub use room::{Permit, Reservation, Room};
+pub use telemetry::Telemetry;
 
 // Re-exported so a plugin crate needs no direct dependency on them.
 pub use async_trait::async_trait;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::component::{BoxError, Consumer, Exporter, Processor, Receiver, ServiceControl};
 use crate::listeners::Listeners;
+use crate::telemetry::Telemetry;
 
 /// A component's typed config: the front door of the component. Implementors derive
 /// `Deserialize` with `#[serde(deny_unknown_fields, default)]` so a typo is an error.
@@ -28,15 +29,21 @@ pub struct BuildContext {
     pub id: String,
     /// Cancelled when the service shuts down; background tasks of the component stop on it.
     pub shutdown: CancellationToken,
-    /// The running service, for components that serve operators.
-    pub control: Arc<dyn ServiceControl>,
     /// Where components that listen get their sockets (kept across reloads).
     pub listeners: Arc<Listeners>,
+    /// The service's own telemetry, where a component records what it did.
+    pub telemetry: Telemetry,
 }
 
 #[async_trait]
 pub trait ReceiverConfig: Send + Sync {
-    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Receiver>, BoxError>;
+    /// Builds the receiver; `control` is the running service, for a receiver that serves
+    /// operators (flush, reload, health).
+    async fn build(
+        &self,
+        cx: &BuildContext,
+        control: Arc<dyn ServiceControl>,
+    ) -> Result<Box<dyn Receiver>, BoxError>;
 }
 
 #[async_trait]

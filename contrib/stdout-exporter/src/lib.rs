@@ -1,7 +1,7 @@
 //! `stdout`: prints every batch it is given, for seeing what a pipeline carries (the OpenTelemetry
 //! Collector's `debug` exporter). It is an example of a plugin in a crate of its own: it depends
-//! on the plugin API only, registers itself with `inventory`, and the service links it with one
-//! dependency line and one `use mcp_metrics_stdout_exporter as _;`.
+//! on the plugin API only, registers itself with `inventory`, and the distribution links it with
+//! one dependency line and one `use mcp_metrics_stdout_exporter as _;` in `distribution/`.
 
 use std::io::Write;
 

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 
-use mcp_metrics_plugin::{Batch, MetricType, telemetry};
+use mcp_metrics_plugin::{Batch, MetricType, Telemetry};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry_sdk::metrics::{Instrument, Stream};
@@ -69,6 +69,7 @@ pub fn cardinality_view(limit: usize) -> impl Fn(&Instrument) -> Option<Stream> 
 /// The instruments of one exporter instance and the series each metric type has so far.
 pub struct Recorder {
     exporter: String,
+    telemetry: Telemetry,
     labels: LabelPolicy,
     limit: usize,
     streams: Vec<MetricStream>,
@@ -83,7 +84,12 @@ struct MetricStream {
 }
 
 impl Recorder {
-    pub fn new(meter: &Meter, exporter: &str, settings: &RecorderSettings) -> Recorder {
+    pub fn new(
+        meter: &Meter,
+        exporter: &str,
+        telemetry: Telemetry,
+        settings: &RecorderSettings,
+    ) -> Recorder {
         let streams = MetricType::ALL
             .into_iter()
             .map(|metric_type| {
@@ -106,6 +112,7 @@ impl Recorder {
             .collect();
         Recorder {
             exporter: exporter.to_owned(),
+            telemetry,
             labels: settings.labels.clone(),
             limit: settings.cardinality_limit,
             streams,
@@ -150,11 +157,12 @@ impl Recorder {
         for (index, stream) in self.streams.iter().enumerate() {
             let metric_type = stream.metric_type.as_str();
             if overflowed[index] > 0 {
-                telemetry::cardinality_overflow(&self.exporter, metric_type, overflowed[index]);
+                let points = overflowed[index];
+                (self.telemetry).cardinality_overflow(&self.exporter, metric_type, points);
             }
             if dimensions_dropped[index] > 0 {
                 let points = dimensions_dropped[index];
-                telemetry::dimensions_dropped(&self.exporter, metric_type, points);
+                (self.telemetry).dimensions_dropped(&self.exporter, metric_type, points);
             }
         }
     }

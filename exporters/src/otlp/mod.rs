@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use mcp_metrics_plugin::telemetry::{self, TelemetryGuard};
+use mcp_metrics_plugin::Telemetry;
+use mcp_metrics_plugin::telemetry::TelemetryGuard;
 use mcp_metrics_plugin::{Batch, BoxError, BuildContext, ExportError, Exporter, async_trait};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider;
@@ -65,6 +66,7 @@ impl OtlpExporter {
         let last_push_made = Arc::new(AtomicBool::new(false));
         let exporter = Reporting {
             id: cx.id.clone(),
+            telemetry: cx.telemetry.clone(),
             url: url.clone(),
             inner: metric_exporter(config, &url)?,
             failures: Mutex::new(Failures::default()),
@@ -88,8 +90,13 @@ impl OtlpExporter {
             .with_view(otel::cardinality_view(config.cardinality_limit))
             .build();
         let meter = provider.meter("mcp-metrics");
-        let recorder = Recorder::new(&meter, &cx.id, &config.recorder_settings());
-        let guard = config.self_telemetry.then(|| telemetry::attach(&meter));
+        let recorder = Recorder::new(
+            &meter,
+            &cx.id,
+            cx.telemetry.clone(),
+            &config.recorder_settings(),
+        );
+        let guard = config.self_telemetry.then(|| cx.telemetry.attach(&meter));
         tracing::info!(exporter = %cx.id, %url, protocol = ?config.protocol, ?interval, "pushing over OTLP");
         Ok(OtlpExporter {
             id: cx.id.clone(),
@@ -203,6 +210,7 @@ impl Exporter for OtlpExporter {
 /// The OTLP exporter with its failures logged without flooding the log, and counted.
 struct Reporting {
     id: String,
+    telemetry: Telemetry,
     url: String,
     inner: MetricExporter,
     failures: Mutex<Failures>,
@@ -240,7 +248,7 @@ impl Failures {
 
 impl Reporting {
     fn note(&self, result: &OTelSdkResult) {
-        telemetry::exporter_push(&self.id, result.is_ok());
+        self.telemetry.exporter_push(&self.id, result.is_ok());
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use mcp_metrics_plugin::telemetry::{self, TelemetryGuard};
+use mcp_metrics_plugin::telemetry::TelemetryGuard;
 use mcp_metrics_plugin::{Batch, BoxError, BuildContext, ExportError, Exporter, async_trait};
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry_sdk::Resource;
@@ -69,8 +69,13 @@ impl PrometheusExporter {
             .with_view(otel::cardinality_view(config.cardinality_limit))
             .build();
         let meter = provider.meter("mcp-metrics");
-        let recorder = Recorder::new(&meter, &cx.id, &config.recorder_settings());
-        let guard = config.self_telemetry.then(|| telemetry::attach(&meter));
+        let recorder = Recorder::new(
+            &meter,
+            &cx.id,
+            cx.telemetry.clone(),
+            &config.recorder_settings(),
+        );
+        let guard = config.self_telemetry.then(|| cx.telemetry.attach(&meter));
 
         let router = Router::new()
             .route(&config.path, get(scrape))

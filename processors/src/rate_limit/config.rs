@@ -43,10 +43,10 @@ impl ComponentConfig for RateLimitConfig {
 impl ProcessorConfig for RateLimitConfig {
     async fn build(
         &self,
-        _cx: &BuildContext,
+        cx: &BuildContext,
         next: Arc<dyn Consumer>,
     ) -> Result<Arc<dyn Processor>, BoxError> {
-        Ok(Arc::new(RateLimitProcessor::new(self, next)))
+        Ok(Arc::new(RateLimitProcessor::new(self, cx, next)))
     }
 }
 

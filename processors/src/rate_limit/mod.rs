@@ -18,11 +18,12 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use mcp_metrics_plugin::{
-    Batch, Consumer, Outcome, Processor, RateLimitState, Reason, Refusal, RequestHead, async_trait,
-    telemetry,
+    Batch, BuildContext, Consumer, Outcome, Processor, RateLimitState, Reason, Refusal,
+    RequestHead, Telemetry, async_trait,
 };
 
 pub struct RateLimitProcessor {
+    telemetry: Telemetry,
     default_limit: u32,
     max_tracked: usize,
     limiters: Mutex<HashMap<String, Limiter>>,
@@ -69,7 +70,7 @@ impl Processor for RateLimitProcessor {
             return Ok(());
         }
         let service = head.key.as_ref().map_or("anonymous", |k| &k.service_name);
-        telemetry::rate_limited(service);
+        self.telemetry.rate_limited(service);
         Err(Refusal::new(
             Reason::RateLimited {
                 standing: verdict.standing,
@@ -107,8 +108,13 @@ impl RateLimitProcessor {
         }
     }
 
-    fn new(config: &RateLimitConfig, next: Arc<dyn Consumer>) -> RateLimitProcessor {
+    fn new(
+        config: &RateLimitConfig,
+        cx: &BuildContext,
+        next: Arc<dyn Consumer>,
+    ) -> RateLimitProcessor {
         RateLimitProcessor {
+            telemetry: cx.telemetry.clone(),
             default_limit: config.default_limit,
             max_tracked: config.max_tracked_keys,
             limiters: Mutex::new(HashMap::new()),

@@ -1,9 +1,10 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Receiver, ReceiverConfig, ReceiverRegistration,
-    async_trait, inventory,
+    ServiceControl, async_trait, inventory,
 };
 use serde::{Deserialize, Serialize};
 
@@ -67,8 +68,14 @@ impl ComponentConfig for HttpConfig {
 
 #[async_trait]
 impl ReceiverConfig for HttpConfig {
-    async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Receiver>, BoxError> {
-        Ok(Box::new(HttpReceiver::bind(cx, self.clone()).await?))
+    async fn build(
+        &self,
+        cx: &BuildContext,
+        control: Arc<dyn ServiceControl>,
+    ) -> Result<Box<dyn Receiver>, BoxError> {
+        Ok(Box::new(
+            HttpReceiver::bind(cx, control, self.clone()).await?,
+        ))
     }
 }
 

@@ -26,7 +26,7 @@ use chrono::Utc;
 use mcp_metrics_plugin::{
     Ack, Admitted, Batch, BoxError, BuildContext, CancellationToken, Delivery, Outcome, Pipelines,
     Problem, RateLimitState, Reason, Receiver, Request, RequestContext, RequestHead,
-    ServiceControl, async_trait, telemetry,
+    ServiceControl, Telemetry, async_trait,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -39,6 +39,7 @@ pub struct HttpReceiver {
     id: String,
     ops: Option<Arc<ops::Ops>>,
     control: Arc<dyn ServiceControl>,
+    telemetry: Telemetry,
 }
 
 struct App {
@@ -48,11 +49,16 @@ struct App {
     in_flight: tokio::sync::Semaphore,
     ops: Option<Arc<ops::Ops>>,
     control: Arc<dyn ServiceControl>,
+    telemetry: Telemetry,
 }
 
 impl HttpReceiver {
     /// Binds now, so a taken port fails start-up rather than a request.
-    async fn bind(cx: &BuildContext, config: HttpConfig) -> Result<HttpReceiver, BoxError> {
+    async fn bind(
+        cx: &BuildContext,
+        control: Arc<dyn ServiceControl>,
+        config: HttpConfig,
+    ) -> Result<HttpReceiver, BoxError> {
         let address = format!("{}:{}", config.host, config.port);
         let listener = cx
             .listeners
@@ -60,7 +66,9 @@ impl HttpReceiver {
             .and_then(TcpListener::from_std)
             .map_err(|e| format!("cannot listen on {address}: {e}"))?;
         let ops = match &config.database {
-            Some(database) => Some(Arc::new(ops::Ops::start(cx, database).await?)),
+            Some(database) => Some(Arc::new(
+                ops::Ops::start(cx, control.clone(), database).await?,
+            )),
             None => None,
         };
         Ok(HttpReceiver {
@@ -68,7 +76,8 @@ impl HttpReceiver {
             listener,
             id: cx.id.clone(),
             ops,
-            control: cx.control.clone(),
+            control,
+            telemetry: cx.telemetry.clone(),
         })
     }
 }
@@ -89,6 +98,7 @@ impl Receiver for HttpReceiver {
             pipelines,
             ops: self.ops,
             control: self.control,
+            telemetry: self.telemetry,
         });
         let router = Router::new()
             .route("/metrics", post(post_metrics))
@@ -148,16 +158,16 @@ async fn post_metrics(State(app): State<Arc<App>>, request: axum::extract::Reque
     let reply = match result {
         Ok((total, outcome)) => {
             let rejected = outcome.rejected.len();
-            telemetry::receiver_points(&app.id, total - rejected, rejected);
+            (app.telemetry).receiver_points(&app.id, total - rejected, rejected);
             outcome_reply(total, outcome, &request_id, judged.standing)
         }
         Err(error) => {
             tracing::debug!(%request_id, %error, "request refused");
-            telemetry::receiver_points(&app.id, 0, judged.points);
+            (app.telemetry).receiver_points(&app.id, 0, judged.points);
             error_reply(&error, &request_id, judged.standing)
         }
     };
-    telemetry::receiver_request(&app.id, reply.status().as_u16(), started.elapsed());
+    (app.telemetry).receiver_request(&app.id, reply.status().as_u16(), started.elapsed());
     reply
 }
 

@@ -31,14 +31,18 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub async fn start(cx: &BuildContext, database: &std::path::Path) -> Result<Ops, BoxError> {
+    pub async fn start(
+        cx: &BuildContext,
+        control: Arc<dyn ServiceControl>,
+        database: &std::path::Path,
+    ) -> Result<Ops, BoxError> {
         let store = Store::open(database).await?;
         let keys =
             KeyCache::start(store.clone(), Duration::from_secs(2), cx.shutdown.clone()).await?;
         Ok(Ops {
             store,
             keys,
-            control: cx.control.clone(),
+            control,
         })
     }
 }
