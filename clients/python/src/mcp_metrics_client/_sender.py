@@ -139,6 +139,8 @@ class Sender:
         self._buffer.note_error(text)
         errors = _errors(reply_json(response))
         detail = f" ({'; '.join(str(e) for e in errors[:5])})" if errors else ""
+        if response.status_code == 401:
+            detail += " (check the client's API key, METRICS_API_KEY: it is missing, unknown or revoked)"
         first = self._first_of_kind(response.status_code, error)
         logger.log(
             logging.ERROR if first else logging.DEBUG,
