@@ -28,5 +28,8 @@ fn the_python_client_suite_passes_against_the_real_service() {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .status()
         .unwrap_or_else(|error| panic!("cannot run {python}: {error}"));
-    assert!(status.success(), "the Python client's tests failed (output above)");
+    assert!(
+        status.success(),
+        "the Python client's tests failed (output above)"
+    );
 }
