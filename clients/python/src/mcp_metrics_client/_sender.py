@@ -31,10 +31,22 @@ class SenderSettings:
     max_backoff: float
 
 
+def http_client(settings: SenderSettings) -> httpx.Client:
+    """One connection, kept alive between batches. Made in the caller's thread, not the
+    sender's: httpx imports parts of itself on first use, and a fork while another thread is
+    importing leaves the child a half-initialised module."""
+    return httpx.Client(
+        timeout=settings.timeout,
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        headers={"X-API-Key": settings.api_key, "Content-Type": "application/json"},
+    )
+
+
 class Sender:
-    def __init__(self, buffer: MetricBuffer, settings: SenderSettings) -> None:
+    def __init__(self, buffer: MetricBuffer, settings: SenderSettings, http: httpx.Client) -> None:
         self._buffer = buffer
         self._settings = settings
+        self._http = http
         self._closing = threading.Event()
         self._deadline: Optional[float] = None  # monotonic; set by close()
         self._logged: Set[Tuple[int, str]] = set()  # refusal kinds already logged
@@ -57,11 +69,8 @@ class Sender:
 
     def _run(self) -> None:
         settings = self._settings
-        # One connection, kept alive between batches.
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        headers = {"X-API-Key": settings.api_key, "Content-Type": "application/json"}
         try:
-            with httpx.Client(timeout=settings.timeout, limits=limits, headers=headers) as http:
+            with self._http as http:
                 while True:
                     batch = self._buffer.take(settings.flush_interval)
                     if batch:

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Mapping, Optional, Type
 
 from ._buffer import MetricBuffer
-from ._sender import Sender, SenderSettings
+from ._sender import Sender, SenderSettings, http_client
 from ._wire import Metric
 from .stats import ClientStats
 
@@ -82,6 +82,7 @@ class MetricsClient:
             max_backoff=max_backoff,
         )
         self._buffer = MetricBuffer(max_buffer, batch_size)
+        self._http = http_client(self._settings)
         self._sender: Optional[Sender] = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -228,6 +229,7 @@ class MetricsClient:
             sender = self._sender
         if sender is None:  # never started: nothing was emitted
             self._buffer.close()
+            self._http.close()
             return self._buffer.abandon() == 0
         return sender.close(self.close_timeout if timeout is None else timeout)
 
@@ -260,7 +262,7 @@ class MetricsClient:
     def _start(self) -> None:
         with self._start_lock:
             if self._sender is None and not self._closed:
-                sender = Sender(self._buffer, self._settings)
+                sender = Sender(self._buffer, self._settings, self._http)
                 sender.start()
                 self._sender = sender
 
@@ -275,8 +277,10 @@ class MetricsClient:
 
     def _forget_parent(self) -> None:
         """In a forked child (gunicorn workers, multiprocessing): the parent's thread and
-        buffer stay the parent's (it sends them); the child starts empty, with its own."""
+        buffer stay the parent's (it sends them); the child starts empty, with its own, and a
+        connection of its own (the parent's is left alone: closing it here would not be ours)."""
         self._buffer = MetricBuffer(self.max_buffer, self.batch_size)
+        self._http = http_client(self._settings)
         self._sender = None
         self._start_lock = threading.Lock()
 
