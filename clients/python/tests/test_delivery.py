@@ -109,19 +109,21 @@ def test_a_revoked_key_logs_one_clear_error_and_drops_the_batch_without_raising(
 def test_over_the_rate_limit_it_waits_retry_after_and_sends_the_same_batch_again(
     service: MetricsService, figure: Callable[[str], None]
 ) -> None:
-    key = service.key("limited", rate_limit=600)  # a burst of 600 requests, then 10 a second
+    # A burst of 120 requests, then 2 a second: 124 single-metric requests need 429s unless the
+    # first 120 took over 2 s.
+    key = service.key("limited", rate_limit=120)
     client = MetricsClient(service.url, key.value, "limited", batch_size=1)
     started = time.monotonic()
-    for i in range(610):
+    for i in range(124):
         client.emit("custom", 1.0, dimensions={"seq": i})
-    wait_until(lambda: client.stats.sent == 610, 20, "every metric to be accepted")
+    wait_until(lambda: client.stats.sent == 124, 20, "every metric to be accepted")
     stats = client.stats
-    figure(f"610 single-metric requests against a 600/minute key: {time.monotonic() - started:.2f} s, {stats.retried} retries")
+    figure(f"124 single-metric requests against a 120/minute key: {time.monotonic() - started:.2f} s, {stats.retried} retries")
     assert stats.retried >= 1 and stats.rejected == 0 and stats.dropped == 0, stats
     assert stats.last_error is not None and stats.last_error.startswith("429 rate_limit_exceeded"), stats
     assert client.close_sync() is True
     service.stop()
-    assert seqs(service, "limited") == list(range(610))  # each once
+    assert seqs(service, "limited") == list(range(124))  # each once
 
 
 def test_a_full_service_answers_503_and_the_batch_is_sent_again_once_there_is_room(

@@ -38,8 +38,8 @@ def test_a_3_s_outage_loses_nothing_within_max_buffer_and_counts_exactly_what_it
 
     def stop_and_start() -> None:
         streaming.wait()
-        service.stop()
         outage.append(time.monotonic())
+        service.stop()
         time.sleep(OUTAGE)  # the scenario: 3 s without a service
         service.start()
         outage.append(time.monotonic())
@@ -76,7 +76,7 @@ def test_a_3_s_outage_loses_nothing_within_max_buffer_and_counts_exactly_what_it
     stats = tight.stats
     stored = stored_seqs(service, "outage-tight")
     missing = sorted(set(range(TOTAL)) - set(stored))
-    stopped_at = int((outage[0] - started) * RATE)  # the seq being emitted when it stopped
+    stopped_at = int((outage[0] - started) * RATE)  # the seq being emitted at the SIGTERM
     runs = 1 + sum(1 for a, b in zip(missing, missing[1:]) if b != a + 1)
     figure(
         f"{OUTAGE:.0f} s outage at {RATE}/s: max_buffer 10000 stored {len(stored_seqs(service, 'outage-roomy'))}"
@@ -89,6 +89,6 @@ def test_a_3_s_outage_loses_nothing_within_max_buffer_and_counts_exactly_what_it
     assert stats.dropped >= RATE, "max_buffer was exceeded"
     # Before the outage everything was delivered; dropping began with the oldest waiting (just
     # after the batch in flight), not with the newest (max_buffer after the stop) ...
-    assert stopped_at - 300 <= missing[0] < stopped_at + 200, (missing[0], stopped_at)
+    assert stopped_at - 300 <= missing[0] < stopped_at + 250, (missing[0], stopped_at)
     # ... and what came after the recovery is all there.
     assert missing[-1] < TOTAL - RATE, missing[-1]

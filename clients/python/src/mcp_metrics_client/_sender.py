@@ -203,7 +203,7 @@ class Sender:
     # Waiting.
 
     def _backoff(self, failures: int) -> float:
-        ceiling = min(self._settings.max_backoff, FIRST_BACKOFF * 2 ** min(failures - 1, 30))
+        ceiling = min(self._settings.max_backoff, FIRST_BACKOFF * 2.0 ** min(failures - 1, 30))
         return ceiling * random.uniform(0.5, 1.0)
 
     def _pause(self, seconds: float) -> bool:

@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Mapping, Optional, Type
+from typing import Any, Dict, Mapping, Optional, Type
 
 from ._buffer import MetricBuffer
 from ._sender import Sender, SenderSettings, http_client
@@ -285,7 +285,7 @@ class MetricsClient:
         self._start_lock = threading.Lock()
 
 
-def _present(**values: Any) -> dict:
+def _present(**values: Any) -> Dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
