@@ -280,9 +280,12 @@ class MetricsClient:
         buffer stay the parent's (it sends them); the child starts empty, with its own, and a
         connection of its own (the parent's is left alone: closing it here would not be ours)."""
         self._buffer = MetricBuffer(self.max_buffer, self.batch_size)
-        self._http = http_client(self._settings)
         self._sender = None
         self._start_lock = threading.Lock()
+        if self._closed:
+            self._buffer.close()
+        else:
+            self._http = http_client(self._settings)
 
 
 def _present(**values: Any) -> Dict[str, Any]:
