@@ -30,11 +30,10 @@ impl Consumer for Fanout {
         if batch.is_empty() {
             return Ok(Outcome::default());
         }
-        let rooms = self
-            .queues
-            .iter()
-            .map(|queue| queue.room_for(&batch))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut rooms = Vec::with_capacity(self.queues.len());
+        for queue in &self.queues {
+            rooms.push(queue.room_for(&batch).await?);
+        }
         let mut copies = vec![batch; self.queues.len()];
         for (queue, room) in self.queues.iter().zip(rooms) {
             let copy = copies.pop().unwrap_or_default();

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use futures::future::join_all;
@@ -46,6 +46,8 @@ pub struct Switch(RwLock<Route>);
 #[derive(Clone)]
 struct Route {
     pipelines: Arc<[Entry]>,
+    /// How long a request may wait for room (`service.admission_wait`).
+    admission_wait: Duration,
     #[allow(
         dead_code,
         reason = "held, not read: its count tells a drain what is in use"
@@ -93,15 +95,18 @@ impl Pipelines for Switch {
                 processor.admit(&mut head).await?;
             }
         }
-        let mut gates = route.pipelines.iter().flat_map(|p| &p.gates);
-        if let Some(full) = gates
-            .find(|gate| gate.room.is_full())
-            .filter(|_| !head.look_only)
-        {
-            return Err(Refusal::busy(
-                format!("{} is full: exporters are behind", full.component),
-                BUSY_RETRY_AFTER,
-            ));
+        if !head.look_only {
+            // Room is waited for from the head, with not a byte of the body read.
+            let deadline = Instant::now() + route.admission_wait;
+            for gate in route.pipelines.iter().flat_map(|p| &p.gates) {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if !gate.room.wait_for_room(wait).await {
+                    return Err(Refusal::busy(
+                        format!("{} is full: exporters are behind", gate.component),
+                        BUSY_RETRY_AFTER,
+                    ));
+                }
+            }
         }
         Ok(Box::new(Admission { head, route }))
     }
@@ -121,7 +126,7 @@ impl Admitted for Admission {
 
     async fn deliver(self: Box<Self>, mut batch: Batch) -> Result<Outcome, Refusal> {
         let pipelines = &self.route.pipelines;
-        let reservations = reserve(pipelines, batch.len())?;
+        let reservations = reserve(pipelines, batch.len(), self.route.admission_wait).await?;
         for reservation in &reservations {
             batch.reserve(reservation.clone());
         }
@@ -143,11 +148,17 @@ impl Admitted for Admission {
     }
 }
 
-/// Room for `metrics` in every pipeline's gates, or an error if one has not enough.
-fn reserve(pipelines: &[Entry], metrics: usize) -> Result<Vec<Arc<Reservation>>, Refusal> {
+/// Room for `metrics` in every pipeline's gates, waiting for it at most `wait` in all; an error if
+/// one has not enough by then.
+async fn reserve(
+    pipelines: &[Entry],
+    metrics: usize,
+    wait: Duration,
+) -> Result<Vec<Arc<Reservation>>, Refusal> {
     if metrics == 0 {
         return Ok(Vec::new());
     }
+    let deadline = Instant::now() + wait;
     let mut reservations = Vec::new();
     for gate in pipelines.iter().flat_map(|p| &p.gates) {
         if metrics > gate.room.capacity() {
@@ -157,7 +168,8 @@ fn reserve(pipelines: &[Entry], metrics: usize) -> Result<Vec<Arc<Reservation>>,
                 gate.room.capacity()
             )));
         }
-        let Some(permit) = gate.room.try_take(metrics) else {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let Some(permit) = gate.room.take_within(metrics, wait).await else {
             return Err(Refusal::busy(
                 format!("{} is full: exporters are behind", gate.component),
                 BUSY_RETRY_AFTER,
@@ -204,6 +216,7 @@ pub struct Graph {
 
 /// The next generation, built and not yet taking traffic.
 pub struct Plan {
+    admission_wait: Duration,
     exporters: BTreeMap<String, (bool, BuiltExporter)>,
     pipelines: BTreeMap<String, (bool, BuiltPipeline)>,
     receivers: BTreeMap<String, PlannedReceiver>,
@@ -439,6 +452,7 @@ impl Plan {
             receivers.insert(id.clone(), planned);
         }
         Ok(Plan {
+            admission_wait: config.settings.admission_wait,
             exporters,
             pipelines,
             receivers,
@@ -464,6 +478,7 @@ impl Graph {
                         .expect("a kept receiver is running");
                     running.switch.set(Route {
                         pipelines: target,
+                        admission_wait: plan.admission_wait,
                         generation: graph.generation.clone(),
                     });
                     running
@@ -476,6 +491,7 @@ impl Graph {
                 } => {
                     let route = Route {
                         pipelines: target,
+                        admission_wait: plan.admission_wait,
                         generation: graph.generation.clone(),
                     };
                     // The receiver it replaces shares its socket until it has drained: what it

@@ -102,6 +102,10 @@ impl ComponentConfig for RetrySettings {
 /// shutdown deadline, not the backoff, bounds how long that goes on.
 const DRAIN_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a batch handed on without reserved room waits for room in a full queue before it is
+/// refused (and offered again by its sender).
+const HANDOFF_WAIT: Duration = Duration::from_secs(1);
+
 /// A batch in the queue and its share of the queue's room, given back when its export is over.
 struct Queued {
     batch: Batch,
@@ -237,8 +241,10 @@ impl ExporterQueue {
 }
 
 impl ExporterQueue {
-    /// Room for `batch` in the queue: what was reserved for it, or what is free now.
-    pub fn room_for(&self, batch: &Batch) -> Result<Permit, Refusal> {
+    /// Room for `batch` in the queue: what was reserved for it, or else what frees up within
+    /// [`HANDOFF_WAIT`] (a `batch` processor handing on waits for the export in progress rather
+    /// than polling).
+    pub async fn room_for(&self, batch: &Batch) -> Result<Permit, Refusal> {
         let size = batch.len();
         if size > self.room.capacity() {
             return Err(Refusal::too_large(format!(
@@ -247,7 +253,8 @@ impl ExporterQueue {
                 self.room.capacity()
             )));
         }
-        self.room.take_for(batch).ok_or_else(|| {
+        let room = self.room.take_for(batch, HANDOFF_WAIT).await;
+        room.ok_or_else(|| {
             self.telemetry.exporter_enqueue_failed(&self.id, size);
             Refusal::busy(
                 format!("exporter {} is behind: its queue is full", self.id),
@@ -276,7 +283,7 @@ impl Consumer for ExporterQueue {
         if batch.is_empty() {
             return Ok(Outcome::default());
         }
-        let room = self.room_for(&batch)?;
+        let room = self.room_for(&batch).await?;
         self.enqueue(batch, room)
     }
 }

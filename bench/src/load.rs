@@ -8,24 +8,47 @@ use hdrhistogram::Histogram;
 
 use crate::{Options, RunFigures, workload};
 
-/// Load on `url` (the service's base URL) with `batch` metrics per request; `during` runs beside
-/// it (server sampling) and is awaited at the end.
+/// What load to drive.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Metrics per request.
+    pub batch: usize,
+    pub connections: usize,
+    pub seconds: u64,
+    /// Each connection sends one request per `pace` (a steady rate); none: as fast as answers
+    /// come back, every refusal sent again at once.
+    pub pace: Option<Duration>,
+}
+
+impl Load {
+    pub fn flat_out(batch: usize, options: &Options) -> Load {
+        Load {
+            batch,
+            connections: options.connections,
+            seconds: options.seconds,
+            pace: None,
+        }
+    }
+}
+
+/// `load` on `url` (the service's base URL); `during` runs beside it (server sampling) and is
+/// awaited at the end.
 pub async fn drive(
     url: &str,
     key: &str,
-    batch: usize,
-    options: &Options,
+    load: Load,
     during: Option<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<RunFigures> {
+    let batch = load.batch;
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.connections)
+        .pool_max_idle_per_host(load.connections)
         .timeout(Duration::from_secs(10))
         .build()?;
     let endpoint = format!("{url}/metrics");
-    let deadline = Instant::now() + Duration::from_secs(options.seconds);
+    let deadline = Instant::now() + Duration::from_secs(load.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for connection in 0..options.connections {
+    for connection in 0..load.connections {
         let (client, endpoint, key) = (client.clone(), endpoint.clone(), key.to_owned());
         // A few bodies per connection, so rows differ a little; made before the clock runs.
         let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
@@ -39,7 +62,15 @@ pub async fn drive(
             let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
             let mut accepted = 0u64;
             let mut sent = 0usize;
+            let mut tick = load.pace.map(|pace| {
+                let mut tick = tokio::time::interval(pace);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            });
             while Instant::now() < deadline {
+                if let Some(tick) = tick.as_mut() {
+                    tick.tick().await;
+                }
                 let body = bodies[sent % bodies.len()].clone();
                 sent += 1;
                 let began = Instant::now();
@@ -91,6 +122,11 @@ pub async fn drive(
         during.abort();
     }
     let ok = statuses.get("200").copied().unwrap_or(0);
+    let refused = statuses
+        .iter()
+        .filter(|(status, _)| *status != "200")
+        .map(|(_, n)| n)
+        .sum();
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     Ok(RunFigures {
         requests_per_second: ok as f64 / elapsed,
@@ -103,6 +139,8 @@ pub async fn drive(
             .filter(|(status, _)| status != "200")
             .collect(),
         acknowledged,
+        refused,
+        seconds: elapsed,
         ..RunFigures::default()
     })
 }

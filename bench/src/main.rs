@@ -6,6 +6,9 @@
 
 mod load;
 mod server;
+
+use load::Load;
+use server::Caller;
 mod workload;
 
 use std::path::PathBuf;
@@ -39,6 +42,14 @@ pub struct Options {
     /// Measure only the SQLite ceiling, for `--seconds`.
     #[arg(long)]
     pub ceiling_only: bool,
+    /// Scenarios to run: `overload` (every batch size, clients resending every refusal at
+    /// once), `refusal` (a wrong key, flat out: the CPU a refusal costs), `steady` (a steady
+    /// `--steady-rate`: CPU and memory at an ordinary load).
+    #[arg(long, value_delimiter = ',', default_value = "overload,refusal,steady")]
+    pub scenarios: Vec<String>,
+    /// Metrics per second of the steady scenario, in requests of 100.
+    #[arg(long, default_value_t = 10_000)]
+    pub steady_rate: u64,
 }
 
 /// One run's figures.
@@ -52,6 +63,12 @@ pub struct RunFigures {
     pub errors: Vec<(String, u64)>,
     pub peak_rss_mb: f64,
     pub cpu_percent: f64,
+    /// CPU seconds the service used during the load.
+    pub cpu_seconds: f64,
+    /// Requests not answered 200.
+    pub refused: u64,
+    /// How long the load ran.
+    pub seconds: f64,
     pub startup_ms: f64,
     pub acknowledged: u64,
     pub stored: i64,
@@ -76,7 +93,38 @@ async fn main() -> anyhow::Result<()> {
         "{} connections, {} s per run, {} runs per scenario, medians\n",
         options.connections, options.seconds, options.runs
     );
-    for &batch in &options.batches {
+    let runs_of = |load: Load, caller: Caller| {
+        let options = options.clone();
+        async move {
+            let dir = tempfile::tempdir()?;
+            let mut runs = Vec::new();
+            for _ in 0..options.runs {
+                runs.push(server::measure(&options, dir.path(), load, caller).await?);
+            }
+            anyhow::Ok(runs)
+        }
+    };
+    let wants = |name: &str| options.scenarios.iter().any(|s| s == name);
+    if wants("refusal") && options.url.is_none() {
+        let load = Load::flat_out(100, &options);
+        report_refusals(&runs_of(load, Caller::WrongKey).await?);
+    }
+    if wants("steady") && options.url.is_none() {
+        // Four connections, each at a quarter of the rate.
+        let requests_per_second = options.steady_rate as f64 / 100.0;
+        let load = Load {
+            pace: Some(Duration::from_secs_f64(4.0 / requests_per_second)),
+            connections: 4,
+            ..Load::flat_out(100, &options)
+        };
+        report_steady(&options, &runs_of(load, Caller::Keyed).await?);
+    }
+    let batches = if wants("overload") {
+        options.batches.clone()
+    } else {
+        Vec::new()
+    };
+    for &batch in &batches {
         let mut runs = Vec::new();
         let mut ceilings = Vec::new();
         let dir = tempfile::tempdir()?;
@@ -86,13 +134,15 @@ async fn main() -> anyhow::Result<()> {
                     load::drive(
                         url,
                         options.key.as_deref().unwrap_or_default(),
-                        batch,
-                        &options,
+                        Load::flat_out(batch, &options),
                         None,
                     )
                     .await?
                 }
-                None => server::measure(&options, dir.path(), batch).await?,
+                None => {
+                    let load = Load::flat_out(batch, &options);
+                    server::measure(&options, dir.path(), load, Caller::Keyed).await?
+                }
             };
             let ceiling_time = Duration::from_secs(options.seconds.min(3));
             let ceiling = workload::sqlite_ceiling(100, ceiling_time).await?;
@@ -169,6 +219,14 @@ fn report(batch: usize, runs: &[RunFigures], ceilings: &[(f64, f64)], local: boo
             median(&|r| r.cpu_percent)
         );
         println!(
+            "  server CPU per accepted metric {:>6.2} µs (all its work, refusals included)",
+            median(&|r| r.cpu_seconds / r.acknowledged.max(1) as f64 * 1e6)
+        );
+        println!(
+            "  refused requests/s {:>11.0}",
+            median(&|r| r.refused as f64 / r.seconds)
+        );
+        println!(
             "  startup→healthy   {:>12.1} ms (existing database)",
             median_of(runs.iter().skip(1).map(|r| r.startup_ms).collect())
         );
@@ -184,6 +242,56 @@ fn report(batch: usize, runs: &[RunFigures], ceilings: &[(f64, f64)], local: boo
             "  acknowledged metrics missing from SQLite: {missing}; rows beyond those acknowledged: {extra}"
         );
     }
+    println!();
+}
+
+/// What a refusal from the head costs the service: its CPU over the requests it refused.
+fn report_refusals(runs: &[RunFigures]) {
+    let median = |f: &dyn Fn(&RunFigures) -> f64| median(runs.iter().map(f).collect());
+    println!(
+        "refusals: a wrong key, batches of 100, flat out (median of {}):",
+        runs.len()
+    );
+    println!(
+        "  refused requests/s {:>11.0}",
+        median(&|r| r.refused as f64 / r.seconds)
+    );
+    println!(
+        "  server CPU per refused request {:>6.2} µs",
+        median(&|r| r.cpu_seconds / r.refused.max(1) as f64 * 1e6)
+    );
+    println!(
+        "  server CPU        {:>12.0} % of one core",
+        median(&|r| r.cpu_percent)
+    );
+    println!();
+}
+
+/// An ordinary steady load: what the service costs while it keeps up.
+fn report_steady(options: &Options, runs: &[RunFigures]) {
+    let median = |f: &dyn Fn(&RunFigures) -> f64| median(runs.iter().map(f).collect());
+    println!(
+        "steady: {} metrics/s in requests of 100 from 4 connections (median of {}):",
+        options.steady_rate,
+        runs.len()
+    );
+    println!(
+        "  metrics/s         {:>12.0}",
+        median(&|r| r.metrics_per_second)
+    );
+    println!(
+        "  server CPU        {:>12.1} % of one core",
+        median(&|r| r.cpu_percent)
+    );
+    println!(
+        "  server peak RSS   {:>12.1} MB",
+        median(&|r| r.peak_rss_mb)
+    );
+    println!(
+        "  latency p50/p99 ms {:.2} / {:.2}",
+        median(&|r| r.p50_ms),
+        median(&|r| r.p99_ms)
+    );
     println!();
 }
 

@@ -11,9 +11,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mcp_metrics_store::Store;
 
-use crate::{Options, RunFigures, load};
+use crate::load::{self, Load};
+use crate::{Options, RunFigures};
 
-pub async fn measure(options: &Options, dir: &Path, batch: usize) -> anyhow::Result<RunFigures> {
+/// Who sends the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A key with no practical rate limit.
+    Keyed,
+    /// A key the service does not know: every request is refused from its head.
+    WrongKey,
+}
+
+pub async fn measure(
+    options: &Options,
+    dir: &Path,
+    load: Load,
+    caller: Caller,
+) -> anyhow::Result<RunFigures> {
     if !options.server.exists() {
         bail!(
             "no service binary at {}; run `cargo build --release` first",
@@ -21,7 +36,10 @@ pub async fn measure(options: &Options, dir: &Path, batch: usize) -> anyhow::Res
         );
     }
     let database = dir.join("metrics.db");
-    let key = create_key(options, &database)?;
+    let key = match caller {
+        Caller::Keyed => create_key(options, &database)?,
+        Caller::WrongKey => "mcp_metrics_not-a-key-this-service-knows".to_owned(),
+    };
     let rows_before = rows(&database).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -47,8 +65,9 @@ pub async fn measure(options: &Options, dir: &Path, batch: usize) -> anyhow::Res
     let sampler = tokio::spawn(sample_rss(child.id(), peak_rss.clone()));
     let cpu_before = cpu_seconds(child.id());
     let load_started = Instant::now();
-    let mut figures = load::drive(&url, &key, batch, options, Some(sampler)).await?;
+    let mut figures = load::drive(&url, &key, load, Some(sampler)).await?;
     let cpu = cpu_seconds(child.id()) - cpu_before;
+    figures.cpu_seconds = cpu;
     figures.cpu_percent = cpu / load_started.elapsed().as_secs_f64() * 100.0;
     figures.peak_rss_mb = peak_rss.load(Ordering::Relaxed) as f64 / 1024.0;
     figures.startup_ms = startup_ms;

@@ -4,6 +4,7 @@
 //! pipeline it enters or by none, and a full pipeline costs a refusal, not a decode.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -42,6 +43,30 @@ impl Room {
         self.free.available_permits() >= metrics
     }
 
+    /// Waits until it is not full, at most `wait`; false if it still is.
+    pub async fn wait_for_room(&self, wait: Duration) -> bool {
+        if !self.is_full() {
+            return true;
+        }
+        // The semaphore is fair: waiting for one permit queues behind earlier waiters.
+        let waited = tokio::time::timeout(wait, self.free.acquire()).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
+    /// Takes room for `metrics`, waiting at most `wait` for it; None if there was not enough.
+    pub async fn take_within(&self, metrics: usize, wait: Duration) -> Option<Permit> {
+        if let Some(permit) = self.try_take(metrics) {
+            return Some(permit);
+        }
+        let count = u32::try_from(metrics).ok()?;
+        let taking = self.free.clone().acquire_many_owned(count);
+        let permit = tokio::time::timeout(wait, taking).await.ok()?.ok()?;
+        Some(Permit {
+            room: self.free.clone(),
+            permit: Some(permit),
+        })
+    }
+
     /// Takes room for `metrics`, if there is that much; given back when the permit drops.
     pub fn try_take(&self, metrics: usize) -> Option<Permit> {
         let metrics = u32::try_from(metrics).ok()?;
@@ -57,13 +82,13 @@ impl Room {
     }
 
     /// The room reserved for a batch in this component, trimmed to the batch's size; or new room
-    /// taken for it when none was reserved (a batch handed on later, by a flusher). None when
-    /// there is not enough.
-    pub fn take_for(&self, batch: &crate::Batch) -> Option<Permit> {
+    /// taken for it when none was reserved (a batch handed on later, by a flusher), waiting at
+    /// most `wait` for it. None when there is not enough.
+    pub async fn take_for(&self, batch: &crate::Batch, wait: Duration) -> Option<Permit> {
         let metrics = batch.len();
         let mut permit = match batch.take_reserved(self) {
             Some(permit) => permit,
-            None => return self.try_take(metrics),
+            None => return self.take_within(metrics, wait).await,
         };
         if permit.metrics() > metrics {
             permit.split(permit.metrics() - metrics);

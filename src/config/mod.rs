@@ -81,6 +81,11 @@ pub struct ServiceSettings {
     /// How often a watched config file is looked at.
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
+    /// How long a request may wait, from its head and before its body is read, for room in a
+    /// full pipeline before it is refused with 503. Room frees up a whole export at a time, so a
+    /// short wait turns a client's immediate resend into one request taken; 0 refuses at once.
+    #[serde(with = "humantime_serde")]
+    pub admission_wait: Duration,
 }
 
 impl Default for ServiceSettings {
@@ -90,6 +95,7 @@ impl Default for ServiceSettings {
             export_failure_threshold: Duration::from_secs(30),
             watch_config: false,
             watch_interval: Duration::from_secs(2),
+            admission_wait: Duration::from_millis(250),
         }
     }
 }

@@ -75,7 +75,7 @@ impl Consumer for BatchProcessor {
         if batch.is_empty() {
             return Ok(Outcome::default());
         }
-        match self.hold(batch)? {
+        match self.hold(batch).await? {
             Some(batch) => self.shared.next.consume(batch).await,
             None => Ok(Outcome::default()),
         }
@@ -85,8 +85,15 @@ impl Consumer for BatchProcessor {
 impl BatchProcessor {
     /// Adds the batch to what is pending, in the room reserved for it; gives it back if this
     /// processor no longer holds anything (after its last flush), refuses it if it is full.
-    fn hold(&self, batch: Batch) -> Result<Option<Batch>, Refusal> {
+    async fn hold(&self, batch: Batch) -> Result<Option<Batch>, Refusal> {
         let config = &self.shared.config;
+        // A request comes with its room reserved; anything else is refused at once if full.
+        let Some(permit) = self.shared.room.take_for(&batch, Duration::ZERO).await else {
+            return Err(Refusal::busy(
+                format!("processor {} is full: exporters are behind", self.shared.id),
+                Duration::from_secs(1),
+            ));
+        };
         let mut pending = self
             .shared
             .pending
@@ -95,12 +102,6 @@ impl BatchProcessor {
         if pending.closed {
             return Ok(Some(batch));
         }
-        let Some(permit) = self.shared.room.take_for(&batch) else {
-            return Err(Refusal::busy(
-                format!("processor {} is full: exporters are behind", self.shared.id),
-                Duration::from_secs(1),
-            ));
-        };
         match pending.permit.as_mut() {
             Some(held) => held.merge(permit),
             None => pending.permit = Some(permit),
