@@ -83,7 +83,7 @@ pub async fn sqlite_ceiling(per_transaction: usize, duration: Duration) -> anyho
         store.write_batch(&batch).await?;
         written += batch.len();
         // Rows as the service writes them: timestamps move on from batch to batch.
-        for metric in &mut batch.requests[0].metrics {
+        for metric in &mut Arc::make_mut(&mut batch.requests[0]).metrics {
             metric.timestamp += chrono::Duration::milliseconds(10);
         }
     }

@@ -104,10 +104,12 @@ pub struct Request {
 
 /// What flows between components: one or more requests' metrics (more than one once batched),
 /// the acknowledgements that resolve when the last exporter is done with them, and the room the
-/// engine reserved for them on admission.
+/// engine reserved for them on admission. Requests are shared, so the copies a fan-out hands to
+/// several exporters cost a reference count each; a processor that changes one takes it with
+/// `Arc::make_mut`, which copies it only if it is shared.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
-    pub requests: Vec<Request>,
+    pub requests: Vec<Arc<Request>>,
     acks: Vec<Ack>,
     reserved: Vec<Arc<Reservation>>,
 }
@@ -115,7 +117,7 @@ pub struct Batch {
 impl Batch {
     pub fn new(request: Request, ack: Option<Ack>) -> Batch {
         Batch {
-            requests: vec![request],
+            requests: vec![Arc::new(request)],
             acks: ack.into_iter().collect(),
             reserved: Vec::new(),
         }
@@ -164,17 +166,17 @@ impl Batch {
         };
         let mut room = max;
         while room > 0 && !self.requests.is_empty() {
-            let request = &mut self.requests[0];
-            if request.metrics.len() <= room {
-                room -= request.metrics.len();
+            if self.requests[0].metrics.len() <= room {
+                room -= self.requests[0].metrics.len();
                 front.requests.push(self.requests.remove(0));
             } else {
+                let request = Arc::make_mut(&mut self.requests[0]);
                 let rest = request.metrics.split_off(room);
                 let head = std::mem::replace(&mut request.metrics, rest);
-                front.requests.push(Request {
+                front.requests.push(Arc::new(Request {
                     context: request.context.clone(),
                     metrics: head,
-                });
+                }));
                 room = 0;
             }
         }

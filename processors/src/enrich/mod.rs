@@ -21,6 +21,7 @@ pub struct EnrichProcessor {
 impl Consumer for EnrichProcessor {
     async fn consume(&self, mut batch: Batch) -> Result<Outcome, Refusal> {
         for request in &mut batch.requests {
+            let request = Arc::make_mut(request);
             let authenticated = request.context.key.as_ref().map(|k| k.service_name.clone());
             let mut metadata = self.metadata.clone();
             if let Some(key) = &self.config.received_at_key {

@@ -20,6 +20,7 @@ pub struct FilterProcessor {
 impl Consumer for FilterProcessor {
     async fn consume(&self, mut batch: Batch) -> Result<Outcome, Refusal> {
         for request in &mut batch.requests {
+            let request = Arc::make_mut(request);
             let service = request.context.service.as_str();
             request
                 .metrics

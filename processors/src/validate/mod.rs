@@ -23,6 +23,7 @@ impl Consumer for ValidateProcessor {
     async fn consume(&self, mut batch: Batch) -> Result<Outcome, Refusal> {
         let mut rejected = Vec::new();
         for request in &mut batch.requests {
+            let request = Arc::make_mut(request);
             self.check_request(&request.context)?;
             request
                 .metrics
