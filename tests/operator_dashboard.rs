@@ -69,6 +69,8 @@ fn promtool(args: &[&str]) -> String {
 struct Expression {
     origin: String,
     expr: String,
+    /// A panel target's legend (`{{exporter}} gave up (points)`).
+    legend: String,
 }
 
 /// The dashboard's panels, rows' nested panels included.
@@ -97,6 +99,7 @@ fn panel_expressions(dashboard: &Value) -> Vec<(String, Vec<Expression>)> {
                 .map(|target| Expression {
                     origin: format!("panel {title:?} target {}", target["refId"]),
                     expr: target["expr"].as_str().unwrap().to_owned(),
+                    legend: target["legendFormat"].as_str().unwrap_or("").to_owned(),
                 })
                 .collect();
             (title, expressions)
@@ -846,24 +849,29 @@ fn the_dashboard_has_what_grafana_provisioning_needs() {
 }
 
 /// For the README: the same traffic for several minutes, then Prometheus's graph page of the
-/// main panels' queries, photographed by headless Chromium into `docs/images/`.
-/// `SCREENSHOT_MINUTES` (6) sets how long; the 5-minute rates are steady after 5.
+/// main panels' queries, photographed by headless Chromium into `docs/images/`. The pictures
+/// show the last `SCREENSHOT_MINUTES` (4) minutes, after 5 minutes of warming up (the rates are
+/// over 5 minutes); the archive fails twice in them.
 #[tokio::test]
 #[ignore = "takes minutes and needs chromium; run by hand to refresh the README's pictures"]
 async fn screenshots() {
-    let minutes: u64 = std::env::var("SCREENSHOT_MINUTES")
+    let shown: u64 = std::env::var("SCREENSHOT_MINUTES")
         .ok()
         .and_then(|m| m.parse().ok())
-        .unwrap_or(6);
+        .unwrap_or(4);
     let mut traffic = Traffic::start().await;
     let prometheus = Prometheus::start(traffic.scrape_target()).await;
     prometheus.scraping().await;
     traffic.past_label_limits().await;
     let started = Instant::now();
-    let length = Duration::from_secs(minutes * 60);
-    let mut failed_at = [length / 3, length * 2 / 3].into_iter().peekable();
+    let warm_up = Duration::from_secs(5 * 60);
+    let length = warm_up + Duration::from_secs(shown * 60);
+    let shown_length = length - warm_up;
+    let mut failures = [warm_up + shown_length / 4, warm_up + shown_length * 5 / 8]
+        .into_iter()
+        .peekable();
     while started.elapsed() < length {
-        if failed_at.next_if(|at| started.elapsed() >= *at).is_some() {
+        if failures.next_if(|at| started.elapsed() >= *at).is_some() {
             traffic.failing_phase(&prometheus, 20).await;
         }
         traffic.wave().await;
@@ -895,23 +903,15 @@ async fn screenshots() {
             .iter()
             .find(|(t, _)| t == title)
             .unwrap_or_else(|| panic!("panel {title}"));
-        let mut url = format!("{}/classic/graph?", prometheus.url);
-        for (n, expression) in expressions.iter().enumerate() {
-            let expr = substitute(&expression.expr, &all);
-            let range = format!("{minutes}m");
-            let query: String = [
-                (format!("g{n}.expr"), expr.as_str()),
-                (format!("g{n}.tab"), "0"),
-                (format!("g{n}.range_input"), range.as_str()),
-            ]
-            .iter()
-            .map(|(k, v)| format!("{k}={}&", encode(v)))
-            .collect();
-            url.push_str(&query);
-        }
+        let expr = one_graph(expressions, &all);
+        let range = format!("{shown}m");
+        let url = format!(
+            "{}/classic/graph?g0.expr={}&g0.tab=0&g0.range_input={range}",
+            prometheus.url,
+            encode(&expr)
+        );
         let profile = tempfile::tempdir().unwrap();
         let out = images.join(format!("{file}.png"));
-        let height = 560 + 420 * expressions.len().saturating_sub(1);
         let status = Command::new("chromium")
             .args([
                 "--headless",
@@ -924,10 +924,10 @@ async fn screenshots() {
                 "--disable-sync",
                 "--hide-scrollbars",
                 "--virtual-time-budget=5000",
+                "--window-size=1200,860",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(format!("--screenshot={}", out.display()))
-            .arg(format!("--window-size=1200,{height}"))
             .arg(&url)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -937,6 +937,23 @@ async fn screenshots() {
         eprintln!("{} ({title})", out.display());
     }
     traffic.svc.shutdown().await;
+}
+
+/// A panel's targets as one expression for one graph: a single target as it is; several each
+/// labelled `line` by its legend (`p95`; `gave up (points)` for `{{exporter}} gave up (points)`).
+fn one_graph(expressions: &[Expression], values: &BTreeMap<&str, String>) -> String {
+    let [only] = expressions else {
+        return expressions
+            .iter()
+            .map(|e| {
+                let line = e.legend.rsplit("}}").next().unwrap().trim();
+                let expr = substitute(&e.expr, values);
+                format!("label_replace({expr}, \"line\", \"{line}\", \"\", \"\")")
+            })
+            .collect::<Vec<_>>()
+            .join(" or ");
+    };
+    substitute(&only.expr, values)
 }
 
 /// Percent-encoding for a query string value.
