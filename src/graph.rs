@@ -48,6 +48,7 @@ struct Route {
     pipelines: Arc<[Entry]>,
     /// How long a request may wait for room (`service.admission_wait`).
     admission_wait: Duration,
+    telemetry: Telemetry,
     #[allow(
         dead_code,
         reason = "held, not read: its count tells a drain what is in use"
@@ -71,6 +72,8 @@ struct Gate {
     /// `processors.batch`, `exporters.sqlite`, ...
     component: String,
     room: Arc<Room>,
+    /// The exporter, when the gate is an exporter's queue.
+    exporter: Option<String>,
 }
 
 impl Switch {
@@ -126,7 +129,7 @@ impl Admitted for Admission {
 
     async fn deliver(self: Box<Self>, mut batch: Batch) -> Result<Outcome, Refusal> {
         let pipelines = &self.route.pipelines;
-        let reservations = reserve(pipelines, batch.len(), self.route.admission_wait).await?;
+        let reservations = reserve(&self.route, batch.len()).await?;
         for reservation in &reservations {
             batch.reserve(reservation.clone());
         }
@@ -150,17 +153,13 @@ impl Admitted for Admission {
 
 /// Room for `metrics` in every pipeline's gates, waiting for it at most `wait` in all; an error if
 /// one has not enough by then.
-async fn reserve(
-    pipelines: &[Entry],
-    metrics: usize,
-    wait: Duration,
-) -> Result<Vec<Arc<Reservation>>, Refusal> {
+async fn reserve(route: &Route, metrics: usize) -> Result<Vec<Arc<Reservation>>, Refusal> {
     if metrics == 0 {
         return Ok(Vec::new());
     }
-    let deadline = Instant::now() + wait;
+    let deadline = Instant::now() + route.admission_wait;
     let mut reservations = Vec::new();
-    for gate in pipelines.iter().flat_map(|p| &p.gates) {
+    for gate in route.pipelines.iter().flat_map(|p| &p.gates) {
         if metrics > gate.room.capacity() {
             return Err(Refusal::too_large(format!(
                 "{metrics} metrics exceed what {} can ever hold ({}); send fewer at once",
@@ -170,6 +169,9 @@ async fn reserve(
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         let Some(permit) = gate.room.take_within(metrics, wait).await else {
+            if let Some(exporter) = &gate.exporter {
+                route.telemetry.exporter_enqueue_failed(exporter, metrics);
+            }
             return Err(Refusal::busy(
                 format!("{} is full: exporters are behind", gate.component),
                 BUSY_RETRY_AFTER,
@@ -217,6 +219,7 @@ pub struct Graph {
 /// The next generation, built and not yet taking traffic.
 pub struct Plan {
     admission_wait: Duration,
+    telemetry: Telemetry,
     exporters: BTreeMap<String, (bool, BuiltExporter)>,
     pipelines: BTreeMap<String, (bool, BuiltPipeline)>,
     receivers: BTreeMap<String, PlannedReceiver>,
@@ -368,6 +371,7 @@ impl Plan {
                 .map(|queue| Gate {
                     component: format!("exporters.{}", queue.id()),
                     room: queue.room().clone(),
+                    exporter: Some(queue.id().to_owned()),
                 })
                 .collect();
             let mut next = Fanout::of(queues);
@@ -395,6 +399,7 @@ impl Plan {
                 p.room().map(|room| Gate {
                     component: format!("processors.{id}"),
                     room,
+                    exporter: None,
                 })
             }) {
                 gates = vec![gate];
@@ -453,6 +458,7 @@ impl Plan {
         }
         Ok(Plan {
             admission_wait: config.settings.admission_wait,
+            telemetry: base.telemetry.clone(),
             exporters,
             pipelines,
             receivers,
@@ -479,6 +485,7 @@ impl Graph {
                     running.switch.set(Route {
                         pipelines: target,
                         admission_wait: plan.admission_wait,
+                        telemetry: plan.telemetry.clone(),
                         generation: graph.generation.clone(),
                     });
                     running
@@ -492,6 +499,7 @@ impl Graph {
                     let route = Route {
                         pipelines: target,
                         admission_wait: plan.admission_wait,
+                        telemetry: plan.telemetry.clone(),
                         generation: graph.generation.clone(),
                     };
                     // The receiver it replaces shares its socket until it has drained: what it

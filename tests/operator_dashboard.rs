@@ -371,9 +371,9 @@ fn has_data(result: &[Value]) -> bool {
 /// overflow series shows) and an OTLP exporter pushing every second to a port nobody listens
 /// on; and through a second pipeline to a SQLite file that can be made to fail
 /// (`sqlite/archive`: a small queue, retries that give up after a second). The archive has a
-/// pipeline of its own because a full queue behind a pipeline's fan-out to several exporters is
-/// refused (503) before the queue is offered the batch, which
-/// `mcp_metrics_exporter_enqueue_failed_metric_points_total` does not count.
+/// pipeline of its own, with no batch, so its queue is where that pipeline's room is reserved:
+/// a decoded request that finds no room there counts in
+/// `mcp_metrics_exporter_enqueue_failed_metric_points_total`.
 fn config(dead_port: u16) -> String {
     format!(
         "
