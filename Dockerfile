@@ -19,6 +19,7 @@ VOLUME ["/data"]
 WORKDIR /data
 USER 10001:10001
 EXPOSE 8890 9465
+# Liveness, not readiness: a busy service (full queues) stays healthy; /ready is for load balancers.
 # No curl in the image: the binary asks its own /health (on METRICS_SERVICE_PORT).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 CMD ["mcp-metrics", "health"]
 ENTRYPOINT ["mcp-metrics"]

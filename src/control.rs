@@ -66,6 +66,21 @@ impl Control {
             .clone()
     }
 
+    /// Exporters whose exports have failed for longer than `threshold`.
+    fn failing_exports(&self, threshold: Duration) -> Vec<Problem> {
+        let current = self.current();
+        let exporters = &current.exporters;
+        exporters
+            .iter()
+            .filter_map(|e| {
+                e.failing_for(threshold).map(|problem| Problem {
+                    component: format!("exporters.{}", e.id()),
+                    problem,
+                })
+            })
+            .collect()
+    }
+
     /// Full queues, in processors and exporters.
     fn full_queues(&self) -> Vec<Problem> {
         let current = self.current();
@@ -103,24 +118,21 @@ impl ServiceControl for Control {
         tokio::time::timeout(timeout, everything).await.is_ok()
     }
 
+    /// Liveness: only what a restart could cure or a person must see. A full queue is a busy
+    /// service, not a broken one, and is left to readiness.
     fn health(&self) -> Vec<Problem> {
         let threshold = *self
             .failure_threshold
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let current = self.current();
-        let exporters = &current.exporters;
-        let failing = exporters.iter().filter_map(|e| {
-            e.failing_for(threshold).map(|problem| Problem {
-                component: format!("exporters.{}", e.id()),
-                problem,
-            })
-        });
-        failing.chain(self.full_queues()).collect()
+        self.failing_exports(threshold)
     }
 
+    /// Readiness: whether to send this service traffic now. Full queues, an exporter failing at
+    /// all (its database unreachable or locked), shutting down.
     fn readiness(&self) -> Vec<Problem> {
         let mut problems = self.full_queues();
+        problems.extend(self.failing_exports(Duration::ZERO));
         if self.stopping.load(Ordering::Relaxed) {
             problems.push(Problem {
                 component: "service".into(),

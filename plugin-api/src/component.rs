@@ -109,12 +109,12 @@ pub trait ServiceControl: Send + Sync {
     /// what was queued; false if that took longer than `timeout`.
     async fn flush(&self, timeout: std::time::Duration) -> bool;
 
-    /// What is wrong now: exporters failing for longer than the threshold, full queues. Empty
-    /// when healthy.
+    /// Liveness: what a restart could cure or a person must see (exporters failing for longer
+    /// than the threshold). A busy service is alive. Empty when healthy.
     fn health(&self) -> Vec<Problem>;
 
-    /// Why the service should not be sent traffic now (full queues, shutting down). Empty when
-    /// ready.
+    /// Readiness: why the service should not be sent traffic now (full queues, an exporter
+    /// failing, shutting down). Empty when ready.
     fn readiness(&self) -> Vec<Problem>;
 
     /// Re-reads the configuration and applies what changed; the errors if it is refused (the

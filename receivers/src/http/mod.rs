@@ -378,7 +378,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), HttpError> {
     }
 }
 
-/// Healthy while the service can take metrics; otherwise 503 with what is wrong, by component.
+/// Liveness: healthy unless something a restart could cure or a person must see is wrong (exports
+/// failing past the threshold); a busy service is still healthy. 503 names what is wrong.
 async fn health(State(app): State<Arc<App>>) -> Response {
     let problems = app.control.health();
     let status = if problems.is_empty() {
@@ -389,7 +390,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     status_reply(status, "metrics-collection", &problems)
 }
 
-/// Ready while traffic is welcome: no queue is full and the service is not stopping.
+/// Readiness: traffic is welcome (no queue is full, no exporter failing, not stopping).
 async fn ready(State(app): State<Arc<App>>) -> Response {
     let problems = app.control.readiness();
     let status = if problems.is_empty() {
