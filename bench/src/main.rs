@@ -8,7 +8,7 @@ mod load;
 mod server;
 
 use load::Load;
-use server::Caller;
+use server::{Caller, Mode};
 mod workload;
 
 use std::path::PathBuf;
@@ -44,8 +44,13 @@ pub struct Options {
     pub ceiling_only: bool,
     /// Scenarios to run: `overload` (every batch size, clients resending every refusal at
     /// once), `refusal` (a wrong key, flat out: the CPU a refusal costs), `steady` (a steady
-    /// `--steady-rate`: CPU and memory at an ordinary load).
-    #[arg(long, value_delimiter = ',', default_value = "overload,refusal,steady")]
+    /// `--steady-rate`: CPU and memory at an ordinary load), `durable` (each overload run again
+    /// with `acknowledgements: true`, right after it).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "overload,durable,refusal,steady"
+    )]
     pub scenarios: Vec<String>,
     /// Metrics per second of the steady scenario, in requests of 100.
     #[arg(long, default_value_t = 10_000)]
@@ -99,7 +104,8 @@ async fn main() -> anyhow::Result<()> {
             let dir = tempfile::tempdir()?;
             let mut runs = Vec::new();
             for _ in 0..options.runs {
-                runs.push(server::measure(&options, dir.path(), load, caller).await?);
+                let mode = Mode::Default;
+                runs.push(server::measure(&options, dir.path(), load, caller, mode).await?);
             }
             anyhow::Ok(runs)
         }
@@ -126,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
     };
     for &batch in &batches {
         let mut runs = Vec::new();
+        let mut durable = Vec::new();
         let mut ceilings = Vec::new();
         let dir = tempfile::tempdir()?;
         for run in 0..options.runs {
@@ -141,7 +148,8 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => {
                     let load = Load::flat_out(batch, &options);
-                    server::measure(&options, dir.path(), load, Caller::Keyed).await?
+                    let (keyed, mode) = (Caller::Keyed, Mode::Default);
+                    server::measure(&options, dir.path(), load, keyed, mode).await?
                 }
             };
             let ceiling_time = Duration::from_secs(options.seconds.min(3));
@@ -160,10 +168,55 @@ async fn main() -> anyhow::Result<()> {
             );
             runs.push(figures);
             ceilings.push((ceiling, merged_ceiling));
+            if wants("durable") && options.url.is_none() {
+                // Right after the default run, in the same conditions.
+                let load = Load::flat_out(batch, &options);
+                let durable_dir = tempfile::tempdir()?;
+                let (keyed, mode) = (Caller::Keyed, Mode::Durable);
+                durable
+                    .push(server::measure(&options, durable_dir.path(), load, keyed, mode).await?);
+            }
         }
         report(batch, &runs, &ceilings, options.url.is_none());
+        if !durable.is_empty() {
+            report_durable(batch, &runs, &durable);
+        }
     }
     Ok(())
+}
+
+/// Durable mode against the default mode, run by run.
+fn report_durable(batch: usize, default: &[RunFigures], durable: &[RunFigures]) {
+    let median = |runs: &[RunFigures], f: &dyn Fn(&RunFigures) -> f64| {
+        median_of(runs.iter().map(f).collect())
+    };
+    let requests = |r: &RunFigures| r.requests_per_second;
+    let metrics = |r: &RunFigures| r.metrics_per_second;
+    println!(
+        "durable mode, batch of {batch} (median of {}):",
+        durable.len()
+    );
+    println!(
+        "  requests/s        {:>12.0}   durable / default mode: {:.2}",
+        median(durable, &requests),
+        median(durable, &requests) / median(default, &requests)
+    );
+    println!(
+        "  metrics/s         {:>12.0}   durable / default mode: {:.2}",
+        median(durable, &metrics),
+        median(durable, &metrics) / median(default, &metrics)
+    );
+    println!(
+        "  latency p50/p99 ms {:.2} / {:.2}",
+        median(durable, &|r| r.p50_ms),
+        median(durable, &|r| r.p99_ms)
+    );
+    let missing: i64 = durable
+        .iter()
+        .map(|r| (r.acknowledged as i64 - r.stored).max(0))
+        .sum();
+    println!("  acknowledged metrics missing from SQLite: {missing}");
+    println!();
 }
 
 /// The most metrics the service's exporter queue merges into one transaction (`batch_max_size`).

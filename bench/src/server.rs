@@ -23,11 +23,21 @@ pub enum Caller {
     WrongKey,
 }
 
+/// How the service acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 once the metrics are held (the shipped default).
+    Default,
+    /// 200 once committed (`acknowledgements: true`).
+    Durable,
+}
+
 pub async fn measure(
     options: &Options,
     dir: &Path,
     load: Load,
     caller: Caller,
+    mode: Mode,
 ) -> anyhow::Result<RunFigures> {
     if !options.server.exists() {
         bail!(
@@ -53,6 +63,10 @@ pub async fn measure(
         .env("SQLITE_DB_PATH", &database)
         .env("OTEL_PROMETHEUS_PORT", "0")
         .env("FLUSH_INTERVAL_SECONDS", "1")
+        .env(
+            "METRICS_ACKNOWLEDGEMENTS",
+            (mode == Mode::Durable).to_string(),
+        )
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()

@@ -123,6 +123,12 @@ impl Batch {
         }
     }
 
+    /// Whether a client is waiting for these metrics to be delivered (durable acknowledgements):
+    /// such a batch is not held for a timer.
+    pub fn awaits_delivery(&self) -> bool {
+        !self.acks.is_empty()
+    }
+
     /// Carries room reserved for these metrics in a component down the pipeline.
     pub fn reserve(&mut self, reservation: Arc<Reservation>) {
         self.reserved.push(reservation);

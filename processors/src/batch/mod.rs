@@ -1,6 +1,9 @@
 //! `batch`: gathers requests into larger batches, handed on when `send_batch_size` metrics wait
 //! or `timeout` has passed since the first of them, whichever comes first (the OpenTelemetry
-//! Collector's batch processor). Unlike the Collector's, it keeps its promise: what it holds is
+//! Collector's batch processor). Metrics a client waits for (durable acknowledgements) are never
+//! held for the timer: they go on at once, and what arrives meanwhile gathers behind them, so
+//! batches grow with the load while a lone request waits for one commit (group commit; the
+//! exporter's queue merges whatever is queued when its export starts). Unlike the Collector's, it keeps its promise: what it holds is
 //! bounded (`queue_size`, its [`Room`], which the engine reserves from on admission), is retried
 //! when the next step refuses it, and is handed on at shutdown; each request's acknowledgement
 //! travels with its metrics.
@@ -111,9 +114,9 @@ impl BatchProcessor {
             pending.since = Some(Instant::now());
         }
         pending.batch.append(batch);
-        let full = pending.batch.len() >= config.send_batch_size;
+        let due = pending.batch.len() >= config.send_batch_size || pending.batch.awaits_delivery();
         drop(pending);
-        if first || full {
+        if first || due {
             self.shared.wake.notify_one();
         }
         Ok(None)
@@ -142,7 +145,8 @@ async fn flush_loop(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let (due, ready) = {
             let pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let ready = pending.batch.len() >= shared.config.send_batch_size;
+            let ready = pending.batch.len() >= shared.config.send_batch_size
+                || pending.batch.awaits_delivery();
             (
                 pending.since.map(|since| since + shared.config.timeout),
                 ready,
