@@ -31,6 +31,10 @@ pub struct QueueSettings {
     pub num_consumers: usize,
     /// Most metrics merged into one export.
     pub batch_max_size: usize,
+    /// How long an export of metrics that no client waits for (default mode) may wait for more
+    /// to merge, up to `batch_max_size`; 0 exports what is queued at once.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
 }
 
 impl Default for QueueSettings {
@@ -39,6 +43,7 @@ impl Default for QueueSettings {
             queue_size: 5_000,
             num_consumers: 1,
             batch_max_size: 5_000,
+            linger: Duration::from_millis(100),
         }
     }
 }
@@ -171,6 +176,7 @@ impl ExporterQueue {
                     exporter: exporter.clone(),
                     receiver: receiver.clone(),
                     batch_max_size: queue.batch_max_size,
+                    linger: queue.linger,
                     retry: retry.clone(),
                     draining: draining.clone(),
                     telemetry: telemetry.clone(),
@@ -294,6 +300,7 @@ struct Worker {
     exporter: Arc<dyn Exporter>,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued>>>,
     batch_max_size: usize,
+    linger: Duration,
     retry: RetrySettings,
     draining: CancellationToken,
     telemetry: Telemetry,
@@ -325,8 +332,19 @@ impl Worker {
         };
         let mut batch = first.batch;
         let mut rooms = vec![first.room];
+        // Metrics nobody waits for may linger a moment for more: one larger export costs the
+        // database far less than many small ones. A client waiting for delivery ends the wait.
+        let linger_until = tokio::time::Instant::now() + self.linger;
         while batch.len() < self.batch_max_size {
-            let Ok(queued) = receiver.try_recv() else {
+            let next = if batch.awaits_delivery() || self.draining.is_cancelled() {
+                receiver.try_recv().ok()
+            } else {
+                tokio::time::timeout_at(linger_until, receiver.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let Some(queued) = next else {
                 break;
             };
             if batch.len() + queued.batch.len() > self.batch_max_size {
