@@ -21,7 +21,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use key_cache::KeyCache;
 pub use keys::{EnvKeyChange, KeyRecord, generate_key, hash_key};
-pub use retention::{RetentionPolicy, RetentionRun, metric_table};
+pub use retention::{
+    MAX_RETENTION_DAYS, RetentionPolicy, RetentionRun, metric_table, retention_cutoff,
+};
 pub use stats::{DatabaseSize, TableStats};
 
 /// The schema migrations, embedded at build time.

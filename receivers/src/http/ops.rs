@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use mcp_metrics_plugin::{BoxError, BuildContext, KeyInfo, ServiceControl};
-use mcp_metrics_store::{KeyCache, Store, metric_table};
+use mcp_metrics_store::{KeyCache, MAX_RETENTION_DAYS, Store, metric_table};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -268,6 +268,12 @@ fn policy_update(params: &HashMap<String, String>, body: &[u8]) -> Result<(u32, 
                 .into(),
         )
     })?;
+    if days > MAX_RETENTION_DAYS {
+        return Err(invalid(format!(
+            "retention_days: {days} is more than {MAX_RETENTION_DAYS} (100 years); \
+             0 keeps rows for ever"
+        )));
+    }
     Ok((days, update.is_active.unwrap_or(true)))
 }
 
