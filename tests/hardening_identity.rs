@@ -73,7 +73,12 @@ async fn generic_rows(svc: &TestService) -> Vec<(String, Option<String>)> {
 /// The `mcp_auth_requests_total` series lines of the scrape endpoint, once `wanted` of them
 /// are there (recording is asynchronous).
 async fn auth_series(svc: &TestService, wanted: usize) -> Vec<String> {
-    let addr = svc.service.as_ref().unwrap().exporter_addr("prometheus").unwrap();
+    let addr = svc
+        .service
+        .as_ref()
+        .unwrap()
+        .exporter_addr("prometheus")
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let text = svc.get_text(&format!("http://{addr}/metrics")).await;
@@ -102,7 +107,11 @@ async fn refuse_answers_403_service_mismatch_and_stores_nothing() {
     assert_eq!(svc.rows_eventually("metrics", 3).await, 3);
     assert!(generic_rows(&svc).await.iter().all(|(s, _)| s == "svc"));
     for table in ["auth_metrics", "tool_metrics", "discovery_metrics"] {
-        assert_eq!(typed_rows(&svc, table).await, [("svc".into(), None)], "{table}");
+        assert_eq!(
+            typed_rows(&svc, table).await,
+            [("svc".into(), None)],
+            "{table}"
+        );
     }
     let series = auth_series(&svc, 1).await;
     assert_eq!(series.len(), 1, "{series:?}");
@@ -138,9 +147,15 @@ async fn record_is_the_default_and_shows_the_key_s_service_in_every_store() {
     // Prometheus: the mismatched series carries the key's service; the honest one is as before.
     let series = auth_series(&svc, 2).await;
     assert_eq!(series.len(), 2, "{series:?}");
-    let other = series.iter().find(|l| l.contains("service=\"other\"")).unwrap();
+    let other = series
+        .iter()
+        .find(|l| l.contains("service=\"other\""))
+        .unwrap();
     assert!(other.contains("authenticated_service=\"svc\""), "{other}");
-    let honest = series.iter().find(|l| l.contains("service=\"svc\"")).unwrap();
+    let honest = series
+        .iter()
+        .find(|l| l.contains("service=\"svc\""))
+        .unwrap();
     assert!(!honest.contains("authenticated_service"), "{honest}");
 }
 
@@ -151,8 +166,16 @@ async fn overwrite_stores_the_key_s_service_and_keep_the_client_s() {
     let reply = svc.post(Some(&key), &typed_request("other")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(svc.rows_eventually("metrics", 3).await, 3);
-    assert!(generic_rows(&svc).await.iter().all(|r| *r == ("svc".into(), None)));
-    assert_eq!(typed_rows(&svc, "auth_metrics").await, [("svc".into(), None)]);
+    assert!(
+        generic_rows(&svc)
+            .await
+            .iter()
+            .all(|r| *r == ("svc".into(), None))
+    );
+    assert_eq!(
+        typed_rows(&svc, "auth_metrics").await,
+        [("svc".into(), None)]
+    );
     let series = auth_series(&svc, 1).await;
     assert!(series[0].contains("service=\"svc\""), "{series:?}");
     assert!(!series[0].contains("authenticated_service"), "{series:?}");
@@ -162,8 +185,16 @@ async fn overwrite_stores_the_key_s_service_and_keep_the_client_s() {
     let reply = svc.post(Some(&key), &typed_request("other")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(svc.rows_eventually("metrics", 3).await, 3);
-    assert!(generic_rows(&svc).await.iter().all(|r| *r == ("other".into(), None)));
-    assert_eq!(typed_rows(&svc, "auth_metrics").await, [("other".into(), None)]);
+    assert!(
+        generic_rows(&svc)
+            .await
+            .iter()
+            .all(|r| *r == ("other".into(), None))
+    );
+    assert_eq!(
+        typed_rows(&svc, "auth_metrics").await,
+        [("other".into(), None)]
+    );
     let series = auth_series(&svc, 1).await;
     assert!(series[0].contains("service=\"other\""), "{series:?}");
     assert!(!series[0].contains("authenticated_service"), "{series:?}");
