@@ -321,6 +321,6 @@ mod tests {
     fn insert_sql_has_one_tuple_per_row() {
         let sql = insert_sql(&AUTH_METRICS, 2);
         assert!(sql.starts_with("INSERT INTO auth_metrics (request_id, timestamp"));
-        assert_eq!(sql.matches('?').count(), 18);
+        assert_eq!(sql.matches('?').count(), 20);
     }
 }
