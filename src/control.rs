@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use mcp_metrics_plugin::{Problem, Processor, Room, ServiceControl, async_trait};
+use mcp_metrics_plugin::{Problem, Processor, Room, ServiceControl, Telemetry, async_trait};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::queue::ExporterQueue;
@@ -20,6 +20,8 @@ pub struct Control {
     failure_threshold: RwLock<Duration>,
     stopping: AtomicBool,
     reloads: mpsc::Sender<ReloadRequest>,
+    /// Where components report background tasks that failed (retention).
+    telemetry: Telemetry,
 }
 
 #[derive(Default)]
@@ -30,8 +32,9 @@ struct Current {
 }
 
 impl Control {
-    pub fn new(reloads: mpsc::Sender<ReloadRequest>) -> Control {
+    pub fn new(reloads: mpsc::Sender<ReloadRequest>, telemetry: Telemetry) -> Control {
         Control {
+            telemetry,
             current: RwLock::default(),
             failure_threshold: RwLock::new(Duration::from_secs(30)),
             stopping: AtomicBool::new(false),
@@ -125,7 +128,9 @@ impl ServiceControl for Control {
             .failure_threshold
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        self.failing_exports(threshold)
+        let mut problems = self.failing_exports(threshold);
+        problems.extend(self.telemetry.background_problems());
+        problems
     }
 
     /// Readiness: whether to send this service traffic now. Full queues, an exporter failing at

@@ -70,12 +70,13 @@ impl Service {
         }
         let (reload_requests, reloads) = mpsc::channel(4);
         let (failures, receiver_failures) = mpsc::unbounded_channel();
-        let control = Arc::new(Control::new(reload_requests));
+        let telemetry = Telemetry::default();
+        let control = Arc::new(Control::new(reload_requests, telemetry.clone()));
         let base = Base {
             components: CancellationToken::new(),
             control: control.clone(),
             listeners: Arc::new(Listeners::default()),
-            telemetry: Telemetry::default(),
+            telemetry,
             receiver_failures: failures,
         };
         let plan = match Plan::build(&config, None, &base).await {

@@ -1042,8 +1042,19 @@ async fn a_database_the_python_service_wrote_is_taken_over_with_every_row_kept()
             .unwrap();
     assert_eq!((source.as_deref(), rate_limit), (Some("env"), None));
     assert!(used.is_some());
-    let after_schema: Vec<(String, String, Option<String>)> =
+    let mut after_schema: Vec<(String, String, Option<String>)> =
         sqlx::query_as(schema_sql).fetch_all(&pool).await.unwrap();
+    // The one change to the Python service's tables: the typed ones gain the
+    // `authenticated_service` column (migration 0004, issue 14), added at their end.
+    for (_, name, sql) in &mut after_schema {
+        if ["auth_metrics", "discovery_metrics", "tool_metrics"].contains(&name.as_str()) {
+            let added = ", authenticated_service TEXT)";
+            let text = sql.as_mut().unwrap();
+            assert!(text.ends_with(added), "{text}");
+            text.truncate(text.len() - added.len());
+            text.push(')');
+        }
+    }
     for object in &before_schema {
         assert!(
             after_schema.contains(object),
@@ -1054,5 +1065,5 @@ async fn a_database_the_python_service_wrote_is_taken_over_with_every_row_kept()
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
 }

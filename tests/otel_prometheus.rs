@@ -508,9 +508,10 @@ async fn the_default_config_serves_the_endpoint_on_the_configured_port() {
         .unwrap()
         .exporter_addr("prometheus")
         .unwrap();
+    // Issue 14: on the service's host (METRICS_SERVICE_HOST=127.0.0.1 here), not 0.0.0.0.
     assert!(
-        addr.ip().is_unspecified(),
-        "listens on 0.0.0.0 by default: {addr}"
+        addr.ip().is_loopback(),
+        "listens on METRICS_SERVICE_HOST: {addr}"
     );
     let key = svc.key("auth-server").await;
     let reply = svc.post(Some(&key), &example_request()).await;

@@ -13,6 +13,7 @@ mod ack;
 mod component;
 mod listeners;
 mod model;
+mod redact;
 mod registry;
 mod room;
 pub mod telemetry;
@@ -24,6 +25,7 @@ pub use component::{
 };
 pub use listeners::Listeners;
 pub use model::{Batch, KeyInfo, Metric, MetricType, Request, RequestContext, parse_timestamp};
+pub use redact::redact_url_credentials;
 pub use registry::{
     BuildContext, ComponentConfig, ConfigIssue, ExporterConfig, ExporterRegistration,
     ProcessorConfig, ProcessorRegistration, ReceiverConfig, ReceiverRegistration, Registration,

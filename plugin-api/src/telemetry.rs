@@ -24,6 +24,7 @@
 //! - `mcp_metrics_exporter_pushes_total{exporter, outcome}` (`success`/`failure`; push exporters)
 //! - `mcp_metrics_rate_limited_requests_total{service}`
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 
+use crate::component::Problem;
 use crate::room::Room;
 
 /// Bucket bounds of the request duration histogram, in seconds.
@@ -71,6 +73,9 @@ struct Hub {
     sinks: RwLock<Vec<Arc<Instruments>>>,
     queues: Mutex<Vec<QueueEntry>>,
     next_id: AtomicU64,
+    /// Background tasks whose last run failed, by component (`exporters.sqlite`), with why:
+    /// `/health` reports them until a run succeeds.
+    background: Mutex<BTreeMap<String, String>>,
 }
 
 /// While it lives, the service's telemetry is recorded on the meter it was attached with.
@@ -185,6 +190,31 @@ impl Telemetry {
         for sink in sinks.iter() {
             record(sink);
         }
+    }
+
+    /// A component's background task (`sqlite` retention, say) failed its last run: the service
+    /// reports `problem` in `/health` under `component` until [`background_ok`](Self::background_ok).
+    pub fn background_failed(&self, component: &str, problem: impl Into<String>) {
+        let mut failed = self.0.background.lock().unwrap_or_else(|e| e.into_inner());
+        failed.insert(component.to_owned(), problem.into());
+    }
+
+    /// A component's background task ran well again (or the component stopped).
+    pub fn background_ok(&self, component: &str) {
+        let mut failed = self.0.background.lock().unwrap_or_else(|e| e.into_inner());
+        failed.remove(component);
+    }
+
+    /// The background tasks whose last run failed.
+    pub fn background_problems(&self) -> Vec<Problem> {
+        let failed = self.0.background.lock().unwrap_or_else(|e| e.into_inner());
+        failed
+            .iter()
+            .map(|(component, problem)| Problem {
+                component: component.clone(),
+                problem: problem.clone(),
+            })
+            .collect()
     }
 
     /// An exporter's queue was made: its fill is read from its `room`.

@@ -86,7 +86,7 @@ fn fill_defaults<C: ?Sized + 'static>(
 }
 
 /// Masks values under keys that name secrets (API keys, tokens, passwords, headers, which
-/// carry auth tokens).
+/// carry auth tokens), and the credentials of URLs anywhere (`http://user:pass@host`).
 fn mask_secrets(value: &mut Value, secret: bool) {
     match value {
         Value::Mapping(map) => {
@@ -102,6 +102,13 @@ fn mask_secrets(value: &mut Value, secret: bool) {
         }
         Value::Sequence(items) => items.iter_mut().for_each(|item| mask_secrets(item, secret)),
         Value::String(_) | Value::Number(_) if secret => *value = Value::from("********"),
+        Value::String(text) => {
+            if let std::borrow::Cow::Owned(redacted) =
+                mcp_metrics_plugin::redact_url_credentials(text)
+            {
+                *text = redacted;
+            }
+        }
         _ => {}
     }
 }

@@ -21,7 +21,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use key_cache::KeyCache;
 pub use keys::{EnvKeyChange, KeyRecord, generate_key, hash_key};
-pub use retention::{RetentionPolicy, RetentionRun, metric_table};
+pub use retention::{
+    MAX_RETENTION_DAYS, RetentionPolicy, RetentionRun, metric_table, retention_cutoff,
+};
 pub use stats::{DatabaseSize, TableStats};
 
 /// The schema migrations, embedded at build time.
@@ -48,9 +50,10 @@ impl Store {
         let path = path.as_ref();
         let _one_at_a_time = OPENING.lock().await;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
+            private_folder(parent)
                 .with_context(|| format!("cannot create folder {}", parent.display()))?;
         }
+        private_file(path).with_context(|| format!("cannot create database {}", path.display()))?;
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
@@ -137,4 +140,28 @@ pub const METRIC_TABLES: [&str; 4] = [
 pub fn timestamp_text(at: &DateTime<Utc>) -> String {
     // The same text as the format `%Y-%m-%dT%H:%M:%S%.6fZ`, without parsing a format string.
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Creates a missing folder (and its missing parents) readable by the owner alone (`0700`): the
+/// database holds key digests. A folder that exists is left as it is.
+fn private_folder(folder: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(folder)
+}
+
+/// Creates a missing database file readable by the owner alone (`0600`); SQLite gives its `-wal`
+/// and `-shm` files the database file's mode. A file that exists is left as it is.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
 }

@@ -9,6 +9,19 @@ use crate::{METRIC_TABLES, Store, timestamp_text};
 /// Rows deleted per transaction.
 const CHUNK: usize = 1_000;
 
+/// The longest retention period a policy may have: 100 years (36,500 days). The admin API and
+/// the `sqlite` exporter's `retention_days` refuse more.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+/// The moment before which rows are older than `days`. Checked arithmetic: a period reaching
+/// before the earliest representable time (a policy written by an older version, say) yields
+/// that earliest time, so nothing is older, rather than a panic.
+pub fn retention_cutoff(now: DateTime<Utc>, days: u32) -> DateTime<Utc> {
+    Duration::try_days(i64::from(days))
+        .and_then(|period| now.checked_sub_signed(period))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// How long one table's rows are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionPolicy {
@@ -118,7 +131,7 @@ impl Store {
             {
                 continue;
             }
-            let cutoff = Utc::now() - Duration::days(i64::from(policy.retention_days));
+            let cutoff = retention_cutoff(Utc::now(), policy.retention_days);
             let rows = if dry_run {
                 self.count_older_than(table, cutoff).await?
             } else {
@@ -169,5 +182,19 @@ impl Store {
             // Let queued writes in between chunks.
             tokio::task::yield_now().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cutoff_never_overflows() {
+        let now = Utc::now();
+        assert_eq!(retention_cutoff(now, 0), now);
+        let century = retention_cutoff(now, MAX_RETENTION_DAYS);
+        assert!(century < now && century.timestamp() > -2_300_000_000);
+        assert_eq!(retention_cutoff(now, u32::MAX), DateTime::<Utc>::MIN_UTC);
     }
 }

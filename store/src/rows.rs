@@ -72,6 +72,7 @@ const AUTH_METRICS: Table = Table {
         "server",
         "user_hash",
         "error_code",
+        "authenticated_service",
     ],
     bind: |query, row| {
         let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
@@ -81,6 +82,7 @@ const AUTH_METRICS: Table = Table {
             .bind(text(dimensions.get("server")))
             .bind(text(dimensions.get("user_hash")))
             .bind(text(metadata.get("error_code")))
+            .bind(authenticated_service(metadata))
     },
 };
 
@@ -97,6 +99,7 @@ const DISCOVERY_METRICS: Table = Table {
         "top_n_tools",
         "embedding_time_ms",
         "faiss_search_time_ms",
+        "authenticated_service",
     ],
     bind: |query, row| {
         let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
@@ -107,6 +110,7 @@ const DISCOVERY_METRICS: Table = Table {
             .bind(integer(dimensions.get("top_n_tools")))
             .bind(real(metadata.get("embedding_time_ms")))
             .bind(real(metadata.get("faiss_search_time_ms")))
+            .bind(authenticated_service(metadata))
     },
 };
 
@@ -124,6 +128,7 @@ const TOOL_METRICS: Table = Table {
         "error_code",
         "input_size_bytes",
         "output_size_bytes",
+        "authenticated_service",
     ],
     bind: |query, row| {
         let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
@@ -135,8 +140,14 @@ const TOOL_METRICS: Table = Table {
             .bind(text(metadata.get("error_code")))
             .bind(integer(metadata.get("input_size_bytes")))
             .bind(integer(metadata.get("output_size_bytes")))
+            .bind(authenticated_service(metadata))
     },
 };
+
+/// The service of the API key, as the `enrich` processor records it (`service_identity: record`).
+fn authenticated_service(metadata: &Map<String, Value>) -> Option<String> {
+    text(metadata.get("authenticated_service"))
+}
 
 /// The columns every typed table starts with.
 fn bind_common<'q>(query: Query<'q>, row: &Row<'_>) -> Query<'q> {
@@ -310,6 +321,6 @@ mod tests {
     fn insert_sql_has_one_tuple_per_row() {
         let sql = insert_sql(&AUTH_METRICS, 2);
         assert!(sql.starts_with("INSERT INTO auth_metrics (request_id, timestamp"));
-        assert_eq!(sql.matches('?').count(), 18);
+        assert_eq!(sql.matches('?').count(), 20);
     }
 }

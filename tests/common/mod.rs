@@ -94,6 +94,42 @@ impl TestService {
             .1
     }
 
+    /// A fresh active admin key.
+    pub async fn admin_key(&self) -> String {
+        self.store()
+            .await
+            .create_key("ops", None, true)
+            .await
+            .unwrap()
+            .1
+    }
+
+    /// `method path` with a key and an optional JSON body.
+    pub async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .header("X-API-Key", key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Reply::from(request.send().await.unwrap()).await
+    }
+
+    /// `GET /health`, polled until `wanted` holds of it or `within` passes; the last reply.
+    pub async fn health_until(&self, within: Duration, wanted: impl Fn(&Reply) -> bool) -> Reply {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let response = self.client.get(self.url("/health")).send().await.unwrap();
+            let reply = Reply::from(response).await;
+            if wanted(&reply) || tokio::time::Instant::now() > deadline {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -6,7 +6,18 @@ use opentelemetry::KeyValue;
 use serde_json::Value;
 
 /// Labels every series has; a dimension of the same name is renamed `exported_<name>`.
-const RESERVED: [&str; 5] = ["service", "metric_type", "le", "quantile", OVERFLOW_LABEL];
+const RESERVED: [&str; 6] = [
+    "service",
+    "metric_type",
+    AUTHENTICATED_SERVICE,
+    "le",
+    "quantile",
+    OVERFLOW_LABEL,
+];
+
+/// The label (and `metadata` key, set by the `enrich` processor's `service_identity: record`)
+/// naming the service of the API key, on series whose `service` the client named otherwise.
+pub const AUTHENTICATED_SERVICE: &str = "authenticated_service";
 
 /// The label that marks the series where points past the cardinality limit are counted.
 pub const OVERFLOW_LABEL: &str = "otel_metric_overflow";
@@ -40,13 +51,15 @@ pub struct SeriesLabels {
 }
 
 impl LabelPolicy {
-    /// `service`, `metric_type`, then the allowed dimensions sorted by key, each named as a
-    /// valid Prometheus label and valued as text, until the next would pass
-    /// [`MAX_DIMENSION_LABELS`] or [`MAX_SERIES_LABEL_BYTES`]. Null dimensions are left out.
+    /// `service`, `metric_type`, `authenticated_service` when given and not `service`, then the
+    /// allowed dimensions sorted by key, each named as a valid Prometheus label and valued as
+    /// text, until the next would pass [`MAX_DIMENSION_LABELS`] or [`MAX_SERIES_LABEL_BYTES`].
+    /// Null dimensions are left out.
     pub fn labels(
         &self,
         service: &str,
         metric_type: &str,
+        authenticated_service: Option<&str>,
         dimensions: &serde_json::Map<String, Value>,
     ) -> SeriesLabels {
         let mut labels = vec![
@@ -54,6 +67,13 @@ impl LabelPolicy {
             KeyValue::new("metric_type", metric_type.to_owned()),
         ];
         let mut bytes = "service".len() + service.len() + "metric_type".len() + metric_type.len();
+        if let Some(authenticated) = authenticated_service.filter(|a| *a != service) {
+            labels.push(KeyValue::new(
+                AUTHENTICATED_SERVICE,
+                authenticated.to_owned(),
+            ));
+            bytes += AUTHENTICATED_SERVICE.len() + authenticated.len();
+        }
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut keys: Vec<&String> = dimensions.keys().collect();
         keys.sort();
@@ -180,7 +200,7 @@ mod tests {
     fn labels_follow_the_policy() {
         let dimensions = json!({"success": true, "method": "jwt", "user_hash": "u1", "none": null, "a.b": 1, "a-b": 2});
         let dimensions = dimensions.as_object().unwrap();
-        let all = LabelPolicy::default().labels("auth", "auth_request", dimensions);
+        let all = LabelPolicy::default().labels("auth", "auth_request", None, dimensions);
         assert!(!all.dimensions_dropped);
         assert_eq!(
             pairs(&all.labels),
@@ -197,7 +217,7 @@ mod tests {
         let allow = LabelPolicy {
             allow: Some(["method".to_owned(), "success".to_owned()].into()),
         };
-        let some = allow.labels("auth", "auth_request", dimensions);
+        let some = allow.labels("auth", "auth_request", None, dimensions);
         assert_eq!(some.labels.len(), 4);
         assert!(
             !some.dimensions_dropped,
@@ -209,7 +229,7 @@ mod tests {
     fn the_number_of_dimension_labels_is_bounded() {
         let dimensions: serde_json::Map<String, Value> =
             (0..100).map(|i| (format!("k{i:03}"), json!(i))).collect();
-        let series = LabelPolicy::default().labels("s", "custom", &dimensions);
+        let series = LabelPolicy::default().labels("s", "custom", None, &dimensions);
         assert_eq!(series.labels.len(), 2 + MAX_DIMENSION_LABELS);
         assert!(series.dimensions_dropped);
     }
@@ -221,7 +241,7 @@ mod tests {
         let dimensions: serde_json::Map<String, Value> = (0..10)
             .map(|i| (format!("k{i}"), json!("v".repeat(MAX_LABEL_VALUE_CHARS))))
             .collect();
-        let series = LabelPolicy::default().labels("s", "custom", &dimensions);
+        let series = LabelPolicy::default().labels("s", "custom", None, &dimensions);
         let names: Vec<String> = pairs(&series.labels).into_iter().map(|(k, _)| k).collect();
         assert_eq!(
             names,

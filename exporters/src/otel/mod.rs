@@ -131,9 +131,14 @@ impl Recorder {
                 .position(|t| *t == metric.metric_type)
                 .unwrap_or(0);
             let stream = &self.streams[index];
+            let authenticated = metric
+                .metadata
+                .get(labels::AUTHENTICATED_SERVICE)
+                .and_then(|v| v.as_str());
             let series = self.labels.labels(
                 &context.service,
                 metric.metric_type.as_str(),
+                authenticated,
                 &metric.dimensions,
             );
             if series.dimensions_dropped {

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use mcp_metrics_plugin::Telemetry;
 use mcp_metrics_plugin::telemetry::TelemetryGuard;
-use mcp_metrics_plugin::{Batch, BoxError, BuildContext, ExportError, Exporter, async_trait};
+use mcp_metrics_plugin::{
+    Batch, BoxError, BuildContext, ExportError, Exporter, async_trait, redact_url_credentials,
+};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
@@ -67,7 +69,7 @@ impl OtlpExporter {
         let exporter = Reporting {
             id: cx.id.clone(),
             telemetry: cx.telemetry.clone(),
-            url: url.clone(),
+            url: redact_url_credentials(&url).into_owned(),
             inner: metric_exporter(config, &url)?,
             failures: Mutex::new(Failures::default()),
             last_push_made: last_push_made.clone(),
@@ -97,7 +99,8 @@ impl OtlpExporter {
             &config.recorder_settings(),
         );
         let guard = config.self_telemetry.then(|| cx.telemetry.attach(&meter));
-        tracing::info!(exporter = %cx.id, %url, protocol = ?config.protocol, ?interval, "pushing over OTLP");
+        let shown = redact_url_credentials(&url);
+        tracing::info!(exporter = %cx.id, url = %shown, protocol = ?config.protocol, ?interval, "pushing over OTLP");
         Ok(OtlpExporter {
             id: cx.id.clone(),
             running: Some(Running {
@@ -268,7 +271,7 @@ impl Reporting {
                     tracing::warn!(
                         exporter = %self.id,
                         url = %self.url,
-                        %error,
+                        error = %redact_url_credentials(&error.to_string()),
                         failed_pushes = failures.count,
                         ?failing_for,
                         "OTLP push failed; metrics stay recorded and go with a later push (said again at most every {}s)",

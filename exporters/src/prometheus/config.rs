@@ -1,4 +1,5 @@
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Exporter, ExporterConfig, ExporterRegistration,
@@ -33,6 +34,17 @@ pub struct PrometheusConfig {
     pub self_telemetry: bool,
     /// The resource's `service.name`, shown as `target_info{service_name=...}`.
     pub service_name: String,
+    /// How long a connection may take to send a request's head, counted from when it opens or
+    /// its previous answer was sent (so also the idle keep-alive timeout).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive (a scrape has none).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most connections open at once; past it new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Most scrapes served at once; past it a scrape is answered 503 with `Retry-After`.
+    pub max_concurrent_scrapes: usize,
 }
 
 impl Default for PrometheusConfig {
@@ -47,11 +59,23 @@ impl Default for PrometheusConfig {
             cardinality_limit: 1000,
             self_telemetry: true,
             service_name: "mcp-metrics-service".into(),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 64,
+            max_concurrent_scrapes: 2,
         }
     }
 }
 
 impl PrometheusConfig {
+    pub fn limits(&self) -> mcp_metrics_serve::Limits {
+        mcp_metrics_serve::Limits {
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+
     pub fn recorder_settings(&self) -> RecorderSettings {
         RecorderSettings {
             buckets: self.histogram_buckets.clone(),
@@ -71,6 +95,20 @@ impl ComponentConfig for PrometheusConfig {
         }
         if self.cardinality_limit == 0 || self.cardinality_limit > 1_000_000 {
             problems.push("cardinality_limit: must be from 1 to 1000000".into());
+        }
+        for (key, timeout) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+        ] {
+            if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(3600) {
+                problems.push(format!("{key}: must be from 1ms to 1h"));
+            }
+        }
+        if !(1..=100_000).contains(&self.max_connections) {
+            problems.push("max_connections: must be from 1 to 100000".into());
+        }
+        if !(1..=1_000).contains(&self.max_concurrent_scrapes) {
+            problems.push("max_concurrent_scrapes: must be from 1 to 1000".into());
         }
         problems
     }

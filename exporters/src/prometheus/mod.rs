@@ -8,6 +8,7 @@ mod config;
 pub use config::PrometheusConfig;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -21,6 +22,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::otel::{self, Recorder};
 
@@ -77,19 +79,19 @@ impl PrometheusExporter {
         );
         let guard = config.self_telemetry.then(|| cx.telemetry.attach(&meter));
 
+        let scrapes = Arc::new(Scrapes {
+            registry,
+            running: Arc::new(Semaphore::new(config.max_concurrent_scrapes)),
+        });
         let router = Router::new()
             .route(&config.path, get(scrape))
-            .with_state(registry);
-        let stop = cx.shutdown.clone();
-        let id = cx.id.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(exporter = %id, %error, "scrape endpoint failed");
-            }
-        });
+            .with_state(scrapes);
+        tokio::spawn(mcp_metrics_serve::serve(
+            listener,
+            router,
+            config.limits(),
+            cx.shutdown.clone(),
+        ));
         tracing::info!(exporter = %cx.id, address = %addr, path = %config.path, "serving the Prometheus scrape endpoint");
         Ok(PrometheusExporter {
             running: Some(Running {
@@ -102,8 +104,24 @@ impl PrometheusExporter {
     }
 }
 
-async fn scrape(State(registry): State<prometheus::Registry>) -> Response {
+/// What a scrape reads, and how many scrapes may run at once.
+struct Scrapes {
+    registry: prometheus::Registry,
+    running: Arc<Semaphore>,
+}
+
+async fn scrape(State(scrapes): State<Arc<Scrapes>>) -> Response {
+    let Ok(permit) = scrapes.running.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many scrapes at once; retry shortly\n",
+        )
+            .into_response();
+    };
+    let registry = scrapes.registry.clone();
     let encoded = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let encoder = TextEncoder::new();
         let mut body = Vec::new();
         encoder

@@ -5,7 +5,7 @@ use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Exporter, ExporterConfig, ExporterRegistration,
     async_trait, inventory,
 };
-use mcp_metrics_store::Store;
+use mcp_metrics_store::{MAX_RETENTION_DAYS, Store};
 use serde::{Deserialize, Serialize};
 
 use super::SqliteExporter;
@@ -15,10 +15,12 @@ use super::SqliteExporter;
 pub struct SqliteConfig {
     /// The database file; created with its folder when missing.
     pub path: PathBuf,
-    /// Rows older than this many days are deleted (METRICS_RETENTION_DAYS); 0 keeps them all.
+    /// Rows older than this many days are deleted (METRICS_RETENTION_DAYS), at most 36500
+    /// (100 years); 0 keeps them all.
     /// A table's period set through the admin API takes precedence.
     pub retention_days: u32,
-    /// How often old rows are looked for.
+    /// How often old rows are looked for; a pass that failed is tried again after as long, and
+    /// reported in `/health` until one succeeds.
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
 }
@@ -39,6 +41,12 @@ impl ComponentConfig for SqliteConfig {
         if self.path.as_os_str().is_empty() {
             problems.push("path: must name a file".into());
         }
+        if self.retention_days > MAX_RETENTION_DAYS {
+            problems.push(format!(
+                "retention_days: {} is more than {MAX_RETENTION_DAYS} (100 years); 0 keeps rows for ever",
+                self.retention_days
+            ));
+        }
         if self.retention_interval.is_zero() {
             problems.push("retention_interval: must be more than zero".into());
         }
@@ -55,6 +63,8 @@ impl ExporterConfig for SqliteConfig {
         let task = tokio::spawn(super::retention::run(
             store.clone(),
             self.retention_interval,
+            format!("exporters.{}", cx.id),
+            cx.telemetry.clone(),
             stop.clone(),
         ));
         Ok(Box::new(SqliteExporter {

@@ -13,11 +13,15 @@ use super::EnrichProcessor;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceIdentity {
+    /// Refuse a request naming another service than its key's: 403 `service_mismatch`.
+    Refuse,
     /// Store the key's service instead of the one the client names.
     Overwrite,
     /// Store the client's, as the Python service did.
     Keep,
-    /// Store the client's, and the key's as `metadata.authenticated_service`.
+    /// Store the client's, and the key's as `metadata.authenticated_service`, in the typed
+    /// tables' `authenticated_service` column, and as the `authenticated_service` label of
+    /// Prometheus and OTLP series whose `service` differs from it.
     Record,
 }
 

@@ -7,8 +7,15 @@ pub use config::{EnrichConfig, ServiceIdentity};
 
 use std::sync::Arc;
 
-use mcp_metrics_plugin::{Batch, Consumer, Outcome, Processor, Refusal, async_trait};
+use mcp_metrics_plugin::{Batch, Consumer, Outcome, Processor, Reason, Refusal, async_trait};
 use serde_json::{Map, Value};
+
+/// The `metadata` key where `record` puts the key's service; the typed tables' column and the
+/// Prometheus label of the same name are filled from it.
+pub const AUTHENTICATED_SERVICE: &str = "authenticated_service";
+
+/// How a `refuse` refusal's message starts; the `http` receiver answers it 403 with this `error`.
+pub const SERVICE_MISMATCH: &str = "service_mismatch";
 
 pub struct EnrichProcessor {
     config: EnrichConfig,
@@ -32,6 +39,18 @@ impl Consumer for EnrichProcessor {
             }
             if let Some(authenticated) = authenticated {
                 match self.config.service_identity {
+                    ServiceIdentity::Refuse => {
+                        if request.context.service != authenticated {
+                            return Err(Refusal::new(
+                                Reason::Forbidden,
+                                format!(
+                                    "{SERVICE_MISMATCH}: this API key belongs to service \
+                                     {authenticated:?}, not {:?}",
+                                    request.context.service
+                                ),
+                            ));
+                        }
+                    }
                     ServiceIdentity::Keep => {}
                     ServiceIdentity::Overwrite => {
                         if request.context.service != authenticated {
@@ -39,11 +58,13 @@ impl Consumer for EnrichProcessor {
                         }
                     }
                     ServiceIdentity::Record => {
-                        metadata.insert("authenticated_service".into(), Value::from(authenticated));
+                        metadata.insert(AUTHENTICATED_SERVICE.into(), Value::from(authenticated));
                     }
                 }
             }
             for metric in &mut request.metrics {
+                // Only this processor says who the key is: a client's own claim is dropped.
+                metric.metadata.remove(AUTHENTICATED_SERVICE);
                 for (key, value) in &self.dimensions {
                     metric.dimensions.insert(key.clone(), value.clone());
                 }

@@ -33,6 +33,18 @@ pub struct HttpConfig {
     /// With `acknowledgements`, how long to wait for delivery before answering 503.
     #[serde(with = "humantime_serde")]
     pub acknowledgement_timeout: Duration,
+    /// How long a connection may take to send a request's head, counted from when it opens or
+    /// its previous answer was sent; past it the connection is closed. It is thus also the idle
+    /// keep-alive timeout.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a request's whole body may take to arrive once its head has; past it the answer
+    /// is 408 `request_timeout` and the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most connections open at once; past it new ones wait in the listen backlog until one
+    /// closes.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -46,6 +58,9 @@ impl Default for HttpConfig {
             acknowledgements: false,
             acknowledgement_timeout: Duration::from_secs(30),
             database: None,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }
@@ -62,8 +77,39 @@ impl ComponentConfig for HttpConfig {
         if self.max_concurrent_requests == 0 {
             problems.push("max_concurrent_requests: must be more than zero".into());
         }
+        problems.extend(listener_problems(
+            self.header_read_timeout,
+            self.body_read_timeout,
+            self.max_connections,
+        ));
+        if self.acknowledgement_timeout.is_zero() || self.acknowledgement_timeout > HOUR {
+            problems.push("acknowledgement_timeout: must be from 1ms to 1h".into());
+        }
         problems
     }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// The ranges of a listener's bounds: timeouts from 1 ms to 1 h, from 1 to 100000 connections.
+pub fn listener_problems(
+    header_read_timeout: Duration,
+    body_read_timeout: Duration,
+    max_connections: usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (key, timeout) in [
+        ("header_read_timeout", header_read_timeout),
+        ("body_read_timeout", body_read_timeout),
+    ] {
+        if timeout < Duration::from_millis(1) || timeout > HOUR {
+            problems.push(format!("{key}: must be from 1ms to 1h"));
+        }
+    }
+    if !(1..=100_000).contains(&max_connections) {
+        problems.push("max_connections: must be from 1 to 100000".into());
+    }
+    problems
 }
 
 #[async_trait]

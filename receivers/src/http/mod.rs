@@ -100,20 +100,27 @@ impl Receiver for HttpReceiver {
             control: self.control,
             telemetry: self.telemetry,
         });
-        let router = Router::new()
+        let limits = mcp_metrics_serve::Limits {
+            header_read_timeout: app.config.header_read_timeout,
+            body_read_timeout: app.config.body_read_timeout,
+            max_connections: app.config.max_connections,
+        };
+        // Data and operator traffic is bounded by the in-flight limit; health and readiness are
+        // not, so they never queue behind it.
+        let data = Router::new()
             .route("/metrics", post(post_metrics))
+            .merge(ops::routes())
+            .route_layer(middleware::from_fn_with_state(app.clone(), limit_in_flight));
+        let router = Router::new()
             .route("/health", get(health))
             .route("/ready", get(ready))
-            .merge(ops::routes())
+            .merge(data)
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(body_limit))
-            .layer(middleware::from_fn_with_state(app.clone(), limit_in_flight))
             .with_state(app);
         tracing::info!(receiver = %self.id, address = %self.listener.local_addr()?, "listening");
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        mcp_metrics_serve::serve(self.listener, router, limits, shutdown).await;
         Ok(())
     }
 
@@ -323,6 +330,8 @@ async fn read_body(body: Body, limit: u64) -> Result<axum::body::Bytes, HttpErro
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
         if too_long {
             too_large(limit as u64)
+        } else if mcp_metrics_serve::BodyTimeout::is_cause_of(&error) {
+            wire::body_timeout(&error)
         } else {
             HttpError::new(
                 StatusCode::BAD_REQUEST,

@@ -13,8 +13,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
-use mcp_metrics_plugin::{BoxError, BuildContext, KeyInfo, ServiceControl};
-use mcp_metrics_store::{KeyCache, Store, metric_table};
+use mcp_metrics_plugin::{BoxError, BuildContext, KeyInfo, Reason, ServiceControl};
+use mcp_metrics_store::{KeyCache, MAX_RETENTION_DAYS, Store, metric_table};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -162,7 +162,14 @@ async fn rate_limit(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     .await
 }
 
+/// Hands on what the processors hold. Each call spends one of the caller's rate-limit tokens,
+/// as a `POST /metrics` would: a loop of flushes cannot break every batch into tiny transactions.
 async fn flush(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = admit(&app, &headers, false).await
+        && let Reason::RateLimited { standing, .. } = refusal.reason
+    {
+        return error_reply(&HttpError::from(refusal), &request_id(), Some(standing));
+    }
     guarded(&app, &headers, false, |ops, _| async move {
         if ops.control.flush(FLUSH_TIMEOUT).await {
             Ok(json!({"message": "everything held was handed to the exporters and exported"}))
@@ -268,6 +275,12 @@ fn policy_update(params: &HashMap<String, String>, body: &[u8]) -> Result<(u32, 
                 .into(),
         )
     })?;
+    if days > MAX_RETENTION_DAYS {
+        return Err(invalid(format!(
+            "retention_days: {days} is more than {MAX_RETENTION_DAYS} (100 years); \
+             0 keeps rows for ever"
+        )));
+    }
     Ok((days, update.is_active.unwrap_or(true)))
 }
 

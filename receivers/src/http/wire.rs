@@ -85,6 +85,11 @@ impl From<Refusal> for HttpError {
         let (status, error, retry_after) = match refusal.reason {
             Reason::MissingCredential => (StatusCode::UNAUTHORIZED, "missing_api_key", None),
             Reason::InvalidCredential => (StatusCode::UNAUTHORIZED, "invalid_api_key", None),
+            // The `enrich` processor's `service_identity: refuse` says which refusal it is by
+            // the start of its message; the plugin API has one reason for both.
+            Reason::Forbidden if refusal.message.starts_with("service_mismatch:") => {
+                (StatusCode::FORBIDDEN, "service_mismatch", None)
+            }
             Reason::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None),
             Reason::RateLimited { retry_after, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -135,8 +140,23 @@ pub fn decode_request(body: &[u8]) -> Result<WireRequest<'_>, HttpError> {
     })
 }
 
-/// Why a body could not be read: too large, or cut off.
+/// 408: the body did not arrive within the listener's `body_read_timeout`; the connection is
+/// closed after the answer.
+pub fn body_timeout(error: &(dyn std::error::Error + 'static)) -> HttpError {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message = cause.to_string();
+        source = cause.source();
+    }
+    HttpError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+}
+
+/// Why a body could not be read: too large, too slow, or cut off.
 pub fn body_refusal(rejection: BytesRejection) -> HttpError {
+    if mcp_metrics_serve::BodyTimeout::is_cause_of(&rejection) {
+        return body_timeout(&rejection);
+    }
     let status = rejection.status();
     let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
         "request_too_large"
@@ -232,6 +252,12 @@ pub fn error_reply(
         judged: None,
     };
     let mut response = reply(error.status, body, standing);
+    if error.status == StatusCode::REQUEST_TIMEOUT {
+        // The rest of a body that came too slowly is not waited for: the connection ends here.
+        response
+            .headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
+    }
     if let Some(wait) = error.retry_after {
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         response

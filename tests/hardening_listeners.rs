@@ -1,0 +1,230 @@
+//! Issue 14, item 1: stalled connections must not take the service down. The real binary on
+//! loopback, with short timeouts so the test stays fast: 300 connections that send nothing,
+//! half a head, or a head and one byte of a large body are held open while a normal client
+//! sends; the normal client is answered 200 within a second throughout, and the stalled
+//! connections are closed by the server within the configured timeouts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CONFIG: &str = "
+receivers:
+  http: {host: 127.0.0.1, port: 0, database: ./metrics.db, header_read_timeout: 1s, body_read_timeout: 2s}
+processors:
+  auth: {database: ./metrics.db}
+  validate: {}
+exporters:
+  sqlite: {path: ./metrics.db, retention_days: 0}
+  prometheus: {host: 127.0.0.1, port: 0, header_read_timeout: 1s}
+service:
+  pipelines:
+    metrics: {receivers: [http], processors: [auth, validate], exporters: [sqlite, prometheus]}
+";
+
+/// Opens a connection that stalls in one of three ways: no request at all, half a head, or a
+/// whole head announcing a megabyte and one byte of it.
+async fn stalled(address: &str, how: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    match how % 3 {
+        0 => {}
+        1 => stream
+            .write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Ty")
+            .await
+            .unwrap(),
+        _ => stream
+            .write_all(
+                b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                  Content-Length: 1000000\r\n\r\n{",
+            )
+            .await
+            .unwrap(),
+    }
+    stream
+}
+
+/// Reads (and drops) what the server sends until it closes the connection; when that was.
+async fn closed_at(mut stream: TcpStream, within: Duration) -> Option<Instant> {
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(Instant::now()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_neither_starve_clients_nor_stay_open() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pipelines.yaml"), CONFIG).unwrap();
+    let key = mcp_metrics_store::Store::open(dir.path().join("metrics.db"))
+        .await
+        .unwrap()
+        .create_key("svc", Some(1_000_000), false)
+        .await
+        .unwrap()
+        .1;
+    let (_child, address, _log) = spawn_service(
+        mcp_metrics(dir.path())
+            .args(["run", "--config"])
+            .arg(dir.path().join("pipelines.yaml")),
+    );
+
+    let opened = Instant::now();
+    let mut attackers = Vec::new();
+    for how in 0..300 {
+        attackers.push(stalled(&address, how).await);
+    }
+    let watchers: Vec<_> = attackers
+        .into_iter()
+        .enumerate()
+        .map(|(how, stream)| {
+            tokio::spawn(async move { (how, closed_at(stream, Duration::from_secs(10)).await) })
+        })
+        .collect();
+
+    // A normal client, a fresh connection per request, for as long as the attack lasts.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let body = request_of("svc", vec![metric("custom")]);
+    let mut answered = 0;
+    while opened.elapsed() < Duration::from_secs(3) {
+        let reply = metrics_request(&client, &address, &key, &body)
+            .send()
+            .await
+            .expect("POST /metrics answered within a second");
+        assert_eq!(reply.status(), 200, "{:?}", reply.text().await);
+        let health = client
+            .get(format!("http://{address}/health"))
+            .send()
+            .await
+            .expect("GET /health answered within a second");
+        assert_eq!(health.status(), 200);
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered > 10, "{answered}");
+
+    // Every stalled connection was closed by the server: those without a whole head after the
+    // 1 s header timeout, those stuck in their body after the 2 s body timeout (plus slack).
+    for watcher in watchers {
+        let (how, closed) = watcher.await.unwrap();
+        let closed = closed.unwrap_or_else(|| panic!("connection {how} still open after 10 s"));
+        let after = closed - opened;
+        let limit = if how % 3 == 2 { 2 } else { 1 };
+        assert!(
+            after < Duration::from_secs(limit) + Duration::from_millis(2500),
+            "connection {how} closed after {after:?}"
+        );
+        assert!(
+            after >= Duration::from_millis(900),
+            "connection {how} closed early, after {after:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_slower_than_its_deadline_is_answered_408_and_health_is_not_behind_the_in_flight_limit()
+ {
+    let config = default_pipeline_with(
+        "http: {host: 127.0.0.1, port: 0, database: '{dir}/metrics.db'}",
+        "http: {host: 127.0.0.1, port: 0, database: '{dir}/metrics.db', \
+         max_concurrent_requests: 2, body_read_timeout: 1s}",
+    );
+    let svc = TestService::with_config(&config).await;
+    let key = svc.key("svc").await;
+    // Two requests with a key, stuck in their bodies, take every in-flight slot.
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(svc.addr).await.unwrap();
+        let head = format!(
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stuck.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reply = svc
+        .post(Some(&key), &request_of("svc", vec![metric("custom")]))
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    // Health and readiness are still answered.
+    let health = svc.health_until(Duration::ZERO, |_| true).await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    let ready = svc.client.get(svc.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // At the body deadline each stuck request is answered 408 with the contract's body, and
+    // its connection is closed.
+    for mut stream in stuck {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("closed")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"error\":\"request_timeout\""), "{answer}");
+        assert!(answer.contains("\"request_id\":\"req_"), "{answer}");
+    }
+    let reply = svc
+        .post(Some(&key), &request_of("svc", vec![metric("custom")]))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn the_connection_cap_holds_new_connections_until_a_slot_frees() {
+    let config = default_pipeline_with(
+        "http: {host: 127.0.0.1, port: 0, database: '{dir}/metrics.db'}",
+        "http: {host: 127.0.0.1, port: 0, database: '{dir}/metrics.db', \
+         max_connections: 3, header_read_timeout: 1s}",
+    );
+    let svc = TestService::with_config(&config).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(svc.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A fourth connection is not served while the three idle ones hold every slot; once the
+    // header timeout closes them, it is.
+    let started = Instant::now();
+    let health = svc.health_until(Duration::ZERO, |_| true).await;
+    assert_eq!(health.status, 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    drop(idle);
+}
+
+#[test]
+fn the_shipped_config_binds_the_scrape_port_to_the_service_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mcp_metrics(dir.path())
+        .args(["run", "--print-config"])
+        .env("METRICS_SERVICE_HOST", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: serde_json::Value = serde_yaml::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["exporters"]["prometheus"]["host"], "127.0.0.1");
+    assert_eq!(printed["receivers"]["http"]["header_read_timeout"], "10s");
+    assert_eq!(printed["receivers"]["http"]["max_connections"], 1024);
+}
