@@ -40,7 +40,8 @@ pub struct QueueSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
-            queue_size: 5_000,
+            // Two exports' worth: the next one gathers while one is written.
+            queue_size: 10_000,
             num_consumers: 1,
             batch_max_size: 5_000,
             linger: Duration::from_millis(100),

@@ -112,8 +112,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let wants = |name: &str| options.scenarios.iter().any(|s| s == name);
     if wants("refusal") && options.url.is_none() {
-        let load = Load::flat_out(100, &options);
-        report_refusals(&runs_of(load, Caller::WrongKey).await?);
+        for &batch in &options.batches {
+            let load = Load::flat_out(batch, &options);
+            report_refusals(batch, &runs_of(load, Caller::WrongKey).await?);
+        }
     }
     if wants("steady") && options.url.is_none() {
         // Four connections, each at a quarter of the rate.
@@ -299,10 +301,10 @@ fn report(batch: usize, runs: &[RunFigures], ceilings: &[(f64, f64)], local: boo
 }
 
 /// What a refusal from the head costs the service: its CPU over the requests it refused.
-fn report_refusals(runs: &[RunFigures]) {
+fn report_refusals(batch: usize, runs: &[RunFigures]) {
     let median = |f: &dyn Fn(&RunFigures) -> f64| median(runs.iter().map(f).collect());
     println!(
-        "refusals: a wrong key, batches of 100, flat out (median of {}):",
+        "refusals: a wrong key, bodies of {batch} metrics, flat out (median of {}):",
         runs.len()
     );
     println!(

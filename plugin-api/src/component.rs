@@ -196,6 +196,8 @@ pub enum Reason {
     InvalidCredential,
     /// The key may not do this.
     Forbidden,
+    /// The request names another service than its key's, and such requests are refused.
+    ServiceMismatch,
     /// Over the caller's rate limit; it may try again after `retry_after`.
     RateLimited {
         standing: RateLimitState,

@@ -61,7 +61,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-8000");
+            .pragma("cache_size", "-2000");
         // The file exists now, so it has a canonical path.
         let first = SqlitePoolOptions::new()
             .max_connections(1)

@@ -14,9 +14,6 @@ use serde_json::{Map, Value};
 /// Prometheus label of the same name are filled from it.
 pub const AUTHENTICATED_SERVICE: &str = "authenticated_service";
 
-/// How a `refuse` refusal's message starts; the `http` receiver answers it 403 with this `error`.
-pub const SERVICE_MISMATCH: &str = "service_mismatch";
-
 pub struct EnrichProcessor {
     config: EnrichConfig,
     dimensions: Map<String, Value>,
@@ -42,10 +39,9 @@ impl Consumer for EnrichProcessor {
                     ServiceIdentity::Refuse => {
                         if request.context.service != authenticated {
                             return Err(Refusal::new(
-                                Reason::Forbidden,
+                                Reason::ServiceMismatch,
                                 format!(
-                                    "{SERVICE_MISMATCH}: this API key belongs to service \
-                                     {authenticated:?}, not {:?}",
+                                    "this API key belongs to service {authenticated:?}, not {:?}",
                                     request.context.service
                                 ),
                             ));

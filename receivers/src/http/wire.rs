@@ -87,9 +87,7 @@ impl From<Refusal> for HttpError {
             Reason::InvalidCredential => (StatusCode::UNAUTHORIZED, "invalid_api_key", None),
             // The `enrich` processor's `service_identity: refuse` says which refusal it is by
             // the start of its message; the plugin API has one reason for both.
-            Reason::Forbidden if refusal.message.starts_with("service_mismatch:") => {
-                (StatusCode::FORBIDDEN, "service_mismatch", None)
-            }
+            Reason::ServiceMismatch => (StatusCode::FORBIDDEN, "service_mismatch", None),
             Reason::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None),
             Reason::RateLimited { retry_after, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
