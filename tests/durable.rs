@@ -26,29 +26,10 @@ service:
     metrics: {receivers: [http], processors: [auth, validate, batch], exporters: [sqlite]}
 ";
 
-async fn durable_service() -> (tempfile::TempDir, ServiceProcess, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pipelines.yaml");
-    std::fs::write(&config, DURABLE).unwrap();
-    let key = mcp_metrics_store::Store::open(dir.path().join("metrics.db"))
-        .await
-        .unwrap()
-        .create_key("svc", Some(1_000_000), false)
-        .await
-        .unwrap()
-        .1;
-    let (child, address, _log) = spawn_service(
-        mcp_metrics(dir.path())
-            .args(["run", "--config"])
-            .arg(&config),
-    );
-    (dir, child, address, key)
-}
-
 /// With the default 30 s batch timer, a lone durable request is committed and answered at once.
 #[tokio::test]
 async fn a_lone_durable_request_does_not_wait_for_the_batch_timer() {
-    let (dir, mut child, address, key) = durable_service().await;
+    let (dir, mut child, address, key) = spawn_with_config(DURABLE).await;
     let client = reqwest::Client::new();
     let started = Instant::now();
     let reply = metrics_request(
@@ -74,7 +55,7 @@ async fn a_lone_durable_request_does_not_wait_for_the_batch_timer() {
 /// answered 200 is in SQLite afterwards.
 #[tokio::test]
 async fn sigkill_under_load_loses_nothing_acknowledged() {
-    let (dir, child, address, key) = durable_service().await;
+    let (dir, child, address, key) = spawn_with_config(DURABLE).await;
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
     let mut clients = Vec::new();
     for client_id in 0..8 {

@@ -161,41 +161,33 @@ async fn record_is_the_default_and_shows_the_key_s_service_in_every_store() {
 
 #[tokio::test]
 async fn overwrite_stores_the_key_s_service_and_keep_the_client_s() {
-    let svc = TestService::with_config(&pipeline("{service_identity: overwrite}")).await;
-    let key = svc.key("svc").await;
-    let reply = svc.post(Some(&key), &typed_request("other")).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(svc.rows_eventually("metrics", 3).await, 3);
-    assert!(
-        generic_rows(&svc)
-            .await
-            .iter()
-            .all(|r| *r == ("svc".into(), None))
-    );
-    assert_eq!(
-        typed_rows(&svc, "auth_metrics").await,
-        [("svc".into(), None)]
-    );
-    let series = auth_series(&svc, 1).await;
-    assert!(series[0].contains("service=\"svc\""), "{series:?}");
-    assert!(!series[0].contains("authenticated_service"), "{series:?}");
-
-    let svc = TestService::with_config(&pipeline("{service_identity: keep}")).await;
-    let key = svc.key("svc").await;
-    let reply = svc.post(Some(&key), &typed_request("other")).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(svc.rows_eventually("metrics", 3).await, 3);
-    assert!(
-        generic_rows(&svc)
-            .await
-            .iter()
-            .all(|r| *r == ("other".into(), None))
-    );
-    assert_eq!(
-        typed_rows(&svc, "auth_metrics").await,
-        [("other".into(), None)]
-    );
-    let series = auth_series(&svc, 1).await;
-    assert!(series[0].contains("service=\"other\""), "{series:?}");
-    assert!(!series[0].contains("authenticated_service"), "{series:?}");
+    for (mode, stored) in [("overwrite", "svc"), ("keep", "other")] {
+        let svc =
+            TestService::with_config(&pipeline(&format!("{{service_identity: {mode}}}"))).await;
+        let key = svc.key("svc").await;
+        let reply = svc.post(Some(&key), &typed_request("other")).await;
+        assert_eq!(reply.status, 200, "{mode}: {}", reply.body);
+        assert_eq!(svc.rows_eventually("metrics", 3).await, 3);
+        assert!(
+            generic_rows(&svc)
+                .await
+                .iter()
+                .all(|r| *r == (stored.into(), None)),
+            "{mode}"
+        );
+        assert_eq!(
+            typed_rows(&svc, "auth_metrics").await,
+            [(stored.into(), None)],
+            "{mode}"
+        );
+        let series = auth_series(&svc, 1).await;
+        assert!(
+            series[0].contains(&format!("service=\"{stored}\"")),
+            "{mode}: {series:?}"
+        );
+        assert!(
+            !series[0].contains("authenticated_service"),
+            "{mode}: {series:?}"
+        );
+    }
 }

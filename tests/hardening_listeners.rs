@@ -62,20 +62,7 @@ async fn closed_at(mut stream: TcpStream, within: Duration) -> Option<Instant> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connections_neither_starve_clients_nor_stay_open() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pipelines.yaml"), CONFIG).unwrap();
-    let key = mcp_metrics_store::Store::open(dir.path().join("metrics.db"))
-        .await
-        .unwrap()
-        .create_key("svc", Some(1_000_000), false)
-        .await
-        .unwrap()
-        .1;
-    let (_child, address, _log) = spawn_service(
-        mcp_metrics(dir.path())
-            .args(["run", "--config"])
-            .arg(dir.path().join("pipelines.yaml")),
-    );
+    let (_dir, _child, address, key) = spawn_with_config(CONFIG).await;
 
     let opened = Instant::now();
     let mut attackers = Vec::new();
@@ -212,18 +199,8 @@ async fn the_connection_cap_holds_new_connections_until_a_slot_frees() {
 
 #[test]
 fn the_shipped_config_binds_the_scrape_port_to_the_service_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = mcp_metrics(dir.path())
-        .args(["run", "--print-config"])
-        .env("METRICS_SERVICE_HOST", "127.0.0.1")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed: serde_json::Value = serde_yaml::from_slice(&output.stdout).unwrap();
+    let printed = print_config(&[("METRICS_SERVICE_HOST", "127.0.0.1")]);
+    let printed: serde_json::Value = serde_yaml::from_str(&printed).unwrap();
     assert_eq!(printed["exporters"]["prometheus"]["host"], "127.0.0.1");
     assert_eq!(printed["receivers"]["http"]["header_read_timeout"], "10s");
     assert_eq!(printed["receivers"]["http"]["max_connections"], 1024);

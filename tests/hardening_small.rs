@@ -13,22 +13,12 @@ use common::*;
 
 #[test]
 fn credentials_in_the_otlp_endpoint_are_masked_in_print_config_and_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = mcp_metrics(dir.path())
-        .args(["run", "--print-config"])
-        .env("OTEL_OTLP_ENDPOINT", "http://user:hunter2@127.0.0.1:9")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed = String::from_utf8_lossy(&output.stdout);
+    let printed = print_config(&[("OTEL_OTLP_ENDPOINT", "http://user:hunter2@127.0.0.1:9")]);
     assert!(!printed.contains("hunter2"), "{printed}");
     assert!(printed.contains("http://********@127.0.0.1:9"), "{printed}");
 
     // Started, the service logs the endpoint it pushes to without them.
+    let dir = tempfile::tempdir().unwrap();
     let mut child = mcp_metrics(dir.path())
         .arg("run")
         .env("OTEL_OTLP_ENDPOINT", "http://user:hunter2@127.0.0.1:9")

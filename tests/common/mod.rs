@@ -267,6 +267,43 @@ pub fn mcp_metrics(dir: &Path) -> Command {
     command
 }
 
+/// The real binary run on `config` (written as `pipelines.yaml` in a fresh folder, where
+/// `./metrics.db` is), with a key for service `svc` that no rate limit gets in the way of:
+/// the folder, the process, the http receiver's address and the key.
+pub async fn spawn_with_config(
+    config: &str,
+) -> (tempfile::TempDir, ServiceProcess, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipelines.yaml");
+    std::fs::write(&path, config).unwrap();
+    let key = Store::open(dir.path().join("metrics.db"))
+        .await
+        .unwrap()
+        .create_key("svc", Some(1_000_000), false)
+        .await
+        .unwrap()
+        .1;
+    let (child, address, _log) =
+        spawn_service(mcp_metrics(dir.path()).args(["run", "--config"]).arg(&path));
+    (dir, child, address, key)
+}
+
+/// What `run --print-config` prints with `env` set, in a fresh folder; fails if it fails.
+pub fn print_config(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mcp_metrics(dir.path())
+        .args(["run", "--print-config"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// Spawns the service and waits for the http receiver's address in its log; the log's lines
 /// keep arriving on the returned channel.
 pub fn spawn_service(command: &mut Command) -> (ServiceProcess, String, mpsc::Receiver<String>) {

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 
-use mcp_metrics_plugin::{Batch, MetricType, Telemetry};
+use mcp_metrics_plugin::{Batch, BuildContext, MetricType, Telemetry};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry_sdk::metrics::{Instrument, Stream};
@@ -84,12 +84,8 @@ struct MetricStream {
 }
 
 impl Recorder {
-    pub fn new(
-        meter: &Meter,
-        exporter: &str,
-        telemetry: Telemetry,
-        settings: &RecorderSettings,
-    ) -> Recorder {
+    /// Instruments on `meter` for the exporter built with `cx`.
+    pub fn new(meter: &Meter, cx: &BuildContext, settings: &RecorderSettings) -> Recorder {
         let streams = MetricType::ALL
             .into_iter()
             .map(|metric_type| {
@@ -111,8 +107,8 @@ impl Recorder {
             })
             .collect();
         Recorder {
-            exporter: exporter.to_owned(),
-            telemetry,
+            exporter: cx.id.clone(),
+            telemetry: cx.telemetry.clone(),
             labels: settings.labels.clone(),
             limit: settings.cardinality_limit,
             streams,

@@ -92,12 +92,7 @@ impl OtlpExporter {
             .with_view(otel::cardinality_view(config.cardinality_limit))
             .build();
         let meter = provider.meter("mcp-metrics");
-        let recorder = Recorder::new(
-            &meter,
-            &cx.id,
-            cx.telemetry.clone(),
-            &config.recorder_settings(),
-        );
+        let recorder = Recorder::new(&meter, cx, &config.recorder_settings());
         let guard = config.self_telemetry.then(|| cx.telemetry.attach(&meter));
         let shown = redact_url_credentials(&url);
         tracing::info!(exporter = %cx.id, url = %shown, protocol = ?config.protocol, ?interval, "pushing over OTLP");
