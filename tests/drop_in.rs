@@ -687,7 +687,7 @@ fn print_config_shows_the_environment_applied_and_hides_secrets() {
     assert_eq!(at("exporters.sqlite.retention_days"), 14);
     assert_eq!(
         at("exporters.sqlite.sending_queue.queue_size"),
-        5000,
+        10000,
         "defaults are filled in"
     );
     assert_eq!(at("processors.enrich/secret.metadata.token"), "********");

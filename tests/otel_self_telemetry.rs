@@ -85,7 +85,7 @@ service:
     assert_eq!(value(capacity, &[("exporter", "sqlite")]), Some(500.0));
     assert_eq!(
         value(capacity, &[("exporter", "prometheus")]),
-        Some(5_000.0)
+        Some(10_000.0)
     );
     let size = "mcp_metrics_exporter_queue_size";
     assert_eq!(value(size, &[("exporter", "sqlite")]), Some(0.0));

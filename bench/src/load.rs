@@ -1,12 +1,11 @@
 //! Driving `POST /metrics` from many connections for a set time, timing every request.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::{Options, RunFigures, workload};
+use crate::{Options, RunFigures, wire, workload};
 
 /// What load to drive.
 #[derive(Debug, Clone, Copy)]
@@ -40,22 +39,19 @@ pub async fn drive(
     during: Option<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<RunFigures> {
     let batch = load.batch;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(load.connections)
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let endpoint = format!("{url}/metrics");
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let deadline = Instant::now() + Duration::from_secs(load.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for connection in 0..load.connections {
-        let (client, endpoint, key) = (client.clone(), endpoint.clone(), key.to_owned());
-        // A few bodies per connection, so rows differ a little; made before the clock runs.
-        let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
-            (0..4)
-                .map(|i| workload::body(batch, connection * 7 + i))
-                .collect(),
-        );
+        let mut client = wire::Connection::new(&address);
+        // A few requests per connection, so rows differ a little; made before the clock runs.
+        let requests: Vec<Vec<u8>> = (0..4)
+            .map(|i| wire::post_metrics(&address, key, &workload::body(batch, connection * 7 + i)))
+            .collect();
         tasks.push(tokio::spawn(async move {
             let mut latency =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
@@ -71,20 +67,11 @@ pub async fn drive(
                 if let Some(tick) = tick.as_mut() {
                     tick.tick().await;
                 }
-                let body = bodies[sent % bodies.len()].clone();
+                let request = &requests[sent % requests.len()];
                 sent += 1;
                 let began = Instant::now();
-                let reply = client
-                    .post(&endpoint)
-                    .header("X-API-Key", &key)
-                    .header("Content-Type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                match reply {
-                    Ok(reply) => {
-                        let status = reply.status().as_u16();
-                        let text = reply.bytes().await.unwrap_or_default();
+                match client.send(request, Duration::from_secs(10)).await {
+                    Ok((status, text)) => {
                         let _ = latency.record(began.elapsed().as_micros() as u64);
                         if status == 200 {
                             let reply: serde_json::Value =
@@ -94,7 +81,7 @@ pub async fn drive(
                         *statuses.entry(status.to_string()).or_default() += 1;
                     }
                     Err(error) => {
-                        let kind = if error.is_timeout() {
+                        let kind = if error.kind() == std::io::ErrorKind::TimedOut {
                             "timeout"
                         } else {
                             "connection error"

@@ -6,6 +6,7 @@
 
 mod load;
 mod server;
+mod wire;
 
 use load::Load;
 use server::{Caller, Mode};

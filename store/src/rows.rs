@@ -13,7 +13,7 @@ use crate::{Store, timestamp_text};
 
 /// Rows per INSERT statement: large enough to amortise the statement, small enough to keep the
 /// bound parameters (12 per row at most) far below SQLite's limit.
-const ROWS_PER_STATEMENT: usize = 100;
+const ROWS_PER_STATEMENT: usize = 500;
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
 
