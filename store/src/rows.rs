@@ -11,8 +11,9 @@ use sqlx::{AssertSqlSafe, SqliteConnection};
 
 use crate::{Store, timestamp_text};
 
-/// Rows per INSERT statement: large enough to amortise the statement, small enough to keep the
-/// bound parameters (12 per row at most) far below SQLite's limit.
+/// Rows per INSERT statement: large enough to amortise the statement and the round trip to the
+/// driver's thread, small enough to keep the bound parameters (12 per row at most, 6000) far
+/// below SQLite's limit (32766).
 const ROWS_PER_STATEMENT: usize = 500;
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
@@ -219,7 +220,17 @@ async fn insert<'a>(
     rows: impl Iterator<Item = &'a Row<'a>>,
 ) -> Result<(), sqlx::Error> {
     let rows: Vec<&Row> = rows.collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    let mut rest = &rows[..];
+    while !rest.is_empty() {
+        // Full statements, then the rest in powers of two: a handful of statement shapes per
+        // table, so the driver's cache of prepared statements stays small.
+        let size = if rest.len() >= ROWS_PER_STATEMENT {
+            ROWS_PER_STATEMENT
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
         let mut query = sqlx::query(AssertSqlSafe(insert_sql(table, chunk.len())));
         for row in chunk {
             query = (table.bind)(query, row);
