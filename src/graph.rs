@@ -151,8 +151,8 @@ impl Admitted for Admission {
     }
 }
 
-/// Room for `metrics` in every pipeline's gates, waiting for it at most `wait` in all; an error if
-/// one has not enough by then.
+/// Room for `metrics` in every gate of the route's pipelines, waiting for it at most the route's
+/// `admission_wait` in all; an error if one has not enough by then.
 async fn reserve(route: &Route, metrics: usize) -> Result<Vec<Arc<Reservation>>, Refusal> {
     if metrics == 0 {
         return Ok(Vec::new());
