@@ -333,3 +333,54 @@ fn reply(status: StatusCode, body: impl Serialize, standing: Option<RateLimitSta
 pub fn request_id() -> Arc<str> {
     format!("req_{:016x}", rand::random::<u64>()).into()
 }
+
+/// The decoder against whatever a hostile client may send: it answers, never panics.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON-ish text: valid documents, near misses and plain noise.
+    fn bodies() -> impl Strategy<Value = Vec<u8>> {
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            any::<f64>().prop_map(|v| v.to_string()),
+            "[a-z_]{0,12}".prop_map(|s| format!("{s:?}")),
+            Just("\"2024-01-15T10:30:00\"".to_owned()),
+            Just("{}".to_owned()),
+            Just("[]".to_owned()),
+            Just("1e999".to_owned()),
+        ];
+        let field = (
+            "(type|value|timestamp|duration_ms|dimensions|metadata|x)",
+            value,
+        )
+            .prop_map(|(key, value)| format!("{key:?}: {value}"));
+        let metric =
+            prop::collection::vec(field, 0..6).prop_map(|f| format!("{{{}}}", f.join(",")));
+        let request =
+            (prop::collection::vec(metric, 0..5), "[a-z]{0,60}").prop_map(|(metrics, service)| {
+                format!(
+                    "{{\"service\": {service:?}, \"metrics\": [{}]}}",
+                    metrics.join(",")
+                )
+            });
+        prop_oneof![
+            request.prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..256),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn decoding_any_body_never_panics(body in bodies()) {
+            if let Ok(request) = decode_request(&body) {
+                for (index, raw) in request.metrics.iter().enumerate() {
+                    let _ = decode_metric(index, raw, Utc::now());
+                }
+            }
+        }
+    }
+}
