@@ -238,14 +238,6 @@ impl Refusal {
     pub fn too_large(message: impl Into<String>) -> Refusal {
         Refusal::new(Reason::TooLarge, message)
     }
-
-    /// Whether the same request may be taken later, unchanged.
-    pub fn may_clear(&self) -> bool {
-        matches!(
-            self.reason,
-            Reason::Busy { .. } | Reason::RateLimited { .. }
-        )
-    }
 }
 
 impl std::fmt::Display for Refusal {

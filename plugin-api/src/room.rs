@@ -38,11 +38,6 @@ impl Room {
         self.free.available_permits() == 0
     }
 
-    /// Whether `metrics` more would fit now.
-    pub fn fits(&self, metrics: usize) -> bool {
-        self.free.available_permits() >= metrics
-    }
-
     /// Waits until it is not full, at most `wait`; false if it still is.
     pub async fn wait_for_room(&self, wait: Duration) -> bool {
         if !self.is_full() {
