@@ -132,25 +132,6 @@ async fn the_nginx_flushers_1024_metrics_are_taken_whole_never_dropped_behind_a_
     assert_eq!(svc.store().await.row_counts().await.unwrap()["metrics"], 0);
 }
 
-/// GET/POST/PUT with a key, returning the parsed reply.
-async fn call(
-    svc: &TestService,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> Reply {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = svc
-        .client
-        .request(method, svc.url(path))
-        .header("X-API-Key", key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    Reply::from(request.send().await.unwrap()).await
-}
-
 #[tokio::test]
 async fn operator_endpoints_answer_behind_the_key_check() {
     let svc = TestService::with_config(&edited(
@@ -176,7 +157,7 @@ async fn operator_endpoints_answer_behind_the_key_check() {
         assert_eq!(svc.post(Some(&key), &example_request()).await.status, 200);
     }
     for _ in 0..2 {
-        let reply = call(&svc, "GET", "/rate-limit", &key, None).await;
+        let reply = svc.call("GET", "/rate-limit", &key, None).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.body["status"], "success");
         assert_eq!(reply.body["service"], "auth-server");
@@ -194,7 +175,7 @@ async fn operator_endpoints_answer_behind_the_key_check() {
 
     // /flush writes what the batch holds (an hour's timeout) now.
     assert_eq!(svc.store().await.row_counts().await.unwrap()["metrics"], 0);
-    let reply = call(&svc, "POST", "/flush", &key, None).await;
+    let reply = svc.call("POST", "/flush", &key, None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(svc.store().await.row_counts().await.unwrap()["metrics"], 3);
 
@@ -208,7 +189,7 @@ async fn operator_endpoints_answer_behind_the_key_check() {
         "/admin/database/size",
         "/admin/retention/preview",
     ] {
-        let reply = call(&svc, "GET", path, &key, None).await;
+        let reply = svc.call("GET", path, &key, None).await;
         assert_eq!(reply.status, 403, "{path}");
         assert_eq!(reply.error(), "forbidden");
     }
@@ -216,12 +197,12 @@ async fn operator_endpoints_answer_behind_the_key_check() {
         ("PUT", "/admin/retention/policies/metrics?retention_days=1"),
         ("POST", "/admin/retention/cleanup?dry_run=false"),
     ] {
-        let reply = call(&svc, method, path, &key, None).await;
+        let reply = svc.call(method, path, &key, None).await;
         assert_eq!(reply.status, 403, "{path}");
         assert_eq!(reply.error(), "forbidden");
     }
 
-    let reply = call(&svc, "GET", "/admin/database/stats", &admin, None).await;
+    let reply = svc.call("GET", "/admin/database/stats", &admin, None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let tables = reply.body["tables"].as_array().unwrap();
     let metrics = tables
@@ -236,13 +217,15 @@ async fn operator_endpoints_answer_behind_the_key_check() {
         .unwrap();
     assert_eq!(auth["rows"], 3);
 
-    let reply = call(&svc, "GET", "/admin/database/size", &admin, None).await;
+    let reply = svc.call("GET", "/admin/database/size", &admin, None).await;
     assert_eq!(reply.status, 200);
     assert!(reply.body["file_bytes"].as_u64().unwrap() > 0);
     assert!(reply.body["page_size"].as_u64().unwrap() > 0);
 
     // Retention: the test config keeps everything; set a policy, preview, dry run, clean up.
-    let reply = call(&svc, "GET", "/admin/retention/policies", &admin, None).await;
+    let reply = svc
+        .call("GET", "/admin/retention/policies", &admin, None)
+        .await;
     assert_eq!(reply.body["policies"].as_array().unwrap().len(), 4);
     assert!(
         reply.body["policies"]
@@ -251,56 +234,56 @@ async fn operator_endpoints_answer_behind_the_key_check() {
             .iter()
             .all(|p| p["is_active"] == false)
     );
-    let reply = call(
-        &svc,
-        "PUT",
-        "/admin/retention/policies/metrics",
-        &admin,
-        Some(json!({"retention_days": 30, "is_active": true})),
-    )
-    .await;
+    let reply = svc
+        .call(
+            "PUT",
+            "/admin/retention/policies/metrics",
+            &admin,
+            Some(json!({"retention_days": 30, "is_active": true})),
+        )
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let reply = call(
-        &svc,
-        "PUT",
-        "/admin/retention/policies/nope",
-        &admin,
-        Some(json!({"retention_days": 30})),
-    )
-    .await;
+    let reply = svc
+        .call(
+            "PUT",
+            "/admin/retention/policies/nope",
+            &admin,
+            Some(json!({"retention_days": 30})),
+        )
+        .await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.error(), "unknown_table");
-    let reply = call(
-        &svc,
-        "PUT",
-        "/admin/retention/policies/metrics",
-        &admin,
-        Some(json!({"days": 30})),
-    )
-    .await;
+    let reply = svc
+        .call(
+            "PUT",
+            "/admin/retention/policies/metrics",
+            &admin,
+            Some(json!({"days": 30})),
+        )
+        .await;
     assert_eq!(reply.status, 422);
 
-    let reply = call(
-        &svc,
-        "GET",
-        "/admin/retention/preview?table_name=metrics",
-        &admin,
-        None,
-    )
-    .await;
+    let reply = svc
+        .call(
+            "GET",
+            "/admin/retention/preview?table_name=metrics",
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
         reply.body["tables"][0]["rows_to_delete"], 3,
         "the 2024 rows are past 30 days"
     );
-    let reply = call(
-        &svc,
-        "POST",
-        "/admin/retention/cleanup?table_name=metrics&dry_run=true",
-        &admin,
-        None,
-    )
-    .await;
+    let reply = svc
+        .call(
+            "POST",
+            "/admin/retention/cleanup?table_name=metrics&dry_run=true",
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(reply.body["total_rows"], 3);
     assert_eq!(
         svc.store().await.row_counts().await.unwrap()["metrics"],
@@ -308,20 +291,22 @@ async fn operator_endpoints_answer_behind_the_key_check() {
         "a dry run deletes nothing"
     );
     // Without `dry_run`, a dry run too, as in the Python service.
-    let reply = call(&svc, "POST", "/admin/retention/cleanup", &admin, None).await;
+    let reply = svc
+        .call("POST", "/admin/retention/cleanup", &admin, None)
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["dry_run"], true);
     assert_eq!(reply.body["tables"][0]["rows_to_delete"], 3);
     assert_eq!(svc.store().await.row_counts().await.unwrap()["metrics"], 3);
     // An empty table_name is every table.
-    let reply = call(
-        &svc,
-        "POST",
-        "/admin/retention/cleanup?table_name=&dry_run=False",
-        &admin,
-        None,
-    )
-    .await;
+    let reply = svc
+        .call(
+            "POST",
+            "/admin/retention/cleanup?table_name=&dry_run=False",
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["dry_run"], false);
     assert_eq!(reply.body["tables"][0]["rows_deleted"], 3);
@@ -350,7 +335,9 @@ async fn operator_endpoints_read_parameters_as_the_python_service_and_refuse_in_
         let svc = &svc;
         let admin = admin.clone();
         async move {
-            let reply = call(svc, "GET", "/admin/retention/policies", &admin, None).await;
+            let reply = svc
+                .call("GET", "/admin/retention/policies", &admin, None)
+                .await;
             let policies = reply.body["policies"].as_array().unwrap().clone();
             let found = policies.into_iter().find(|p| p["table_name"] == table);
             let found = found.unwrap();
@@ -359,25 +346,25 @@ async fn operator_endpoints_read_parameters_as_the_python_service_and_refuse_in_
     };
 
     // PUT takes retention_days and is_active as query parameters, as the Python service does.
-    let reply = call(
-        &svc,
-        "PUT",
-        "/admin/retention/policies/auth_metrics?retention_days=45&is_active=False",
-        &admin,
-        None,
-    )
-    .await;
+    let reply = svc
+        .call(
+            "PUT",
+            "/admin/retention/policies/auth_metrics?retention_days=45&is_active=False",
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(policy("auth_metrics").await, (json!(45), json!(false)));
     // is_active defaults to true; a query parameter wins over the body.
-    let reply = call(
-        &svc,
-        "PUT",
-        "/admin/retention/policies/auth_metrics?retention_days=20",
-        &admin,
-        Some(json!({"retention_days": 10})),
-    )
-    .await;
+    let reply = svc
+        .call(
+            "PUT",
+            "/admin/retention/policies/auth_metrics?retention_days=20",
+            &admin,
+            Some(json!({"retention_days": 10})),
+        )
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(policy("auth_metrics").await, (json!(20), json!(true)));
 
@@ -392,7 +379,7 @@ async fn operator_endpoints_read_parameters_as_the_python_service_and_refuse_in_
     ] {
         let path =
             format!("/admin/retention/policies/tool_metrics?retention_days=7&is_active={text}");
-        let reply = call(&svc, "PUT", &path, &admin, None).await;
+        let reply = svc.call("PUT", &path, &admin, None).await;
         assert_eq!(reply.status, 200, "{text}: {}", reply.body);
         assert_eq!(
             policy("tool_metrics").await,
@@ -402,7 +389,7 @@ async fn operator_endpoints_read_parameters_as_the_python_service_and_refuse_in_
     }
     for text in ["1", "yes", "True"] {
         let path = format!("/admin/retention/cleanup?dry_run={text}");
-        let reply = call(&svc, "POST", &path, &admin, None).await;
+        let reply = svc.call("POST", &path, &admin, None).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.body["dry_run"], true, "{text}");
     }
@@ -467,7 +454,7 @@ async fn operator_endpoints_read_parameters_as_the_python_service_and_refuse_in_
             "request_too_large",
         ),
     ] {
-        let reply = call(&svc, method, path, &admin, body).await;
+        let reply = svc.call(method, path, &admin, body).await;
         assert_eq!(
             (reply.status, reply.error()),
             (status, error),
