@@ -328,10 +328,7 @@ async fn retention_removes_old_rows_only_from_every_table() {
 /// queue, exits 0, and every acknowledged metric is in every table it belongs in.
 #[tokio::test]
 async fn sigterm_under_load_keeps_every_acknowledged_metric() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pipelines.yaml");
-    std::fs::write(
-        &config,
+    let (dir, mut child, address, key) = spawn_with_config(
         "
 receivers:
   http: {host: 127.0.0.1, port: 0}
@@ -347,19 +344,7 @@ service:
     metrics: {receivers: [http], processors: [auth, validate, batch], exporters: [sqlite]}
 ",
     )
-    .unwrap();
-    let key = mcp_metrics_store::Store::open(dir.path().join("metrics.db"))
-        .await
-        .unwrap()
-        .create_key("svc", Some(1_000_000), false)
-        .await
-        .unwrap()
-        .1;
-    let (mut child, address, _log) = spawn_service(
-        mcp_metrics(dir.path())
-            .args(["run", "--config"])
-            .arg(&config),
-    );
+    .await;
 
     // Metrics acknowledged, per table: metrics, auth_metrics, tool_metrics, discovery_metrics.
     let acknowledged = Arc::new([(); 4].map(|_| AtomicI64::new(0)));
@@ -585,10 +570,7 @@ fn rss_mib(pid: u32) -> f64 {
 /// every acknowledged metric lands.
 #[tokio::test]
 async fn memory_stays_bounded_under_overload_with_a_stalled_exporter() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pipelines.yaml");
-    std::fs::write(
-        &config,
+    let (dir, mut child, address, key) = spawn_with_config(
         "
 receivers:
   http: {host: 127.0.0.1, port: 0, max_concurrent_requests: 16, max_request_size: 1MiB}
@@ -603,20 +585,8 @@ service:
     metrics: {receivers: [http], processors: [auth, validate, batch], exporters: [sqlite]}
 ",
     )
-    .unwrap();
+    .await;
     let database = dir.path().join("metrics.db");
-    let key = mcp_metrics_store::Store::open(&database)
-        .await
-        .unwrap()
-        .create_key("svc", Some(1_000_000), false)
-        .await
-        .unwrap()
-        .1;
-    let (mut child, address, _log) = spawn_service(
-        mcp_metrics(dir.path())
-            .args(["run", "--config"])
-            .arg(&config),
-    );
     let blocker = DatabaseLock::take(&database).await;
 
     // 100 metrics of about 1 KiB each per request.
