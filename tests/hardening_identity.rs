@@ -47,21 +47,21 @@ fn typed_request(service: &str) -> serde_json::Value {
 
 /// `(service, authenticated_service)` of every row of a typed table.
 async fn typed_rows(svc: &TestService, table: &str) -> Vec<(String, Option<String>)> {
-    let store = svc.store().await;
     let sql = format!("SELECT service, authenticated_service FROM {table} ORDER BY id");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_all(store.pool())
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect()
+    service_pairs(svc, sql).await
 }
 
 /// `(service, metadata.authenticated_service)` of every row of `metrics`.
 async fn generic_rows(svc: &TestService) -> Vec<(String, Option<String>)> {
+    let sql = "SELECT service, json_extract(metadata, '$.authenticated_service') FROM metrics \
+               ORDER BY id";
+    service_pairs(svc, sql.to_owned()).await
+}
+
+/// The two columns `sql` selects, row by row.
+async fn service_pairs(svc: &TestService, sql: String) -> Vec<(String, Option<String>)> {
     let store = svc.store().await;
-    sqlx::query("SELECT service, json_extract(metadata, '$.authenticated_service') FROM metrics ORDER BY id")
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_all(store.pool())
         .await
         .unwrap()
