@@ -159,11 +159,13 @@ impl Recorder {
             let metric_type = stream.metric_type.as_str();
             if overflowed[index] > 0 {
                 let points = overflowed[index];
-                (self.telemetry).cardinality_overflow(&self.exporter, metric_type, points);
+                self.telemetry
+                    .cardinality_overflow(&self.exporter, metric_type, points);
             }
             if dimensions_dropped[index] > 0 {
                 let points = dimensions_dropped[index];
-                (self.telemetry).dimensions_dropped(&self.exporter, metric_type, points);
+                self.telemetry
+                    .dimensions_dropped(&self.exporter, metric_type, points);
             }
         }
     }

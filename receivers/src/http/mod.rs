@@ -165,16 +165,18 @@ async fn post_metrics(State(app): State<Arc<App>>, request: axum::extract::Reque
     let reply = match result {
         Ok((total, outcome)) => {
             let rejected = outcome.rejected.len();
-            (app.telemetry).receiver_points(&app.id, total - rejected, rejected);
+            app.telemetry
+                .receiver_points(&app.id, total - rejected, rejected);
             outcome_reply(total, outcome, &request_id, judged.standing)
         }
         Err(error) => {
             tracing::debug!(%request_id, %error, "request refused");
-            (app.telemetry).receiver_points(&app.id, 0, judged.points);
+            app.telemetry.receiver_points(&app.id, 0, judged.points);
             error_reply(&error, &request_id, judged.standing)
         }
     };
-    (app.telemetry).receiver_request(&app.id, reply.status().as_u16(), started.elapsed());
+    app.telemetry
+        .receiver_request(&app.id, reply.status().as_u16(), started.elapsed());
     reply
 }
 
@@ -271,14 +273,16 @@ async fn admit(
     look_only: bool,
 ) -> Result<Box<dyn Admitted>, mcp_metrics_plugin::Refusal> {
     let head = RequestHead {
-        credential: headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        credential: credential(headers).map(str::to_owned),
         look_only,
         ..RequestHead::default()
     };
     app.pipelines.admit(head).await
+}
+
+/// The credential a request presents: its `X-API-Key`.
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
 }
 
 /// How long the rest of a refused request's body is read for, at most.

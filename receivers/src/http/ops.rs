@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::wire::{HttpError, body_refusal, error_reply, request_id, success_reply};
-use super::{App, admit};
+use super::{App, admit, credential};
 
 /// How long `POST /flush` waits for the exporters.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +108,7 @@ where
 }
 
 async fn authenticate(ops: &Ops, headers: &HeaderMap) -> Result<KeyInfo, HttpError> {
-    let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) else {
+    let Some(key) = credential(headers) else {
         return Err(HttpError::new(
             StatusCode::UNAUTHORIZED,
             "missing_api_key",
