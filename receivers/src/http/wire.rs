@@ -85,8 +85,6 @@ impl From<Refusal> for HttpError {
         let (status, error, retry_after) = match refusal.reason {
             Reason::MissingCredential => (StatusCode::UNAUTHORIZED, "missing_api_key", None),
             Reason::InvalidCredential => (StatusCode::UNAUTHORIZED, "invalid_api_key", None),
-            // The `enrich` processor's `service_identity: refuse` says which refusal it is by
-            // the start of its message; the plugin API has one reason for both.
             Reason::ServiceMismatch => (StatusCode::FORBIDDEN, "service_mismatch", None),
             Reason::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None),
             Reason::RateLimited { retry_after, .. } => (
