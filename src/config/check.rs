@@ -83,7 +83,8 @@ impl Checker<'_> {
         };
         for key in root.keys() {
             let key = key.as_str().unwrap_or_default();
-            if !SECTIONS.contains(&key) {
+            // `x-...` keys hold YAML anchors for the sections to refer to, as in Compose files.
+            if !SECTIONS.contains(&key) && !key.starts_with("x-") {
                 let hint = suggestion(key, SECTIONS);
                 self.error(
                     &[key],

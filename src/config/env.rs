@@ -80,9 +80,8 @@ fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String,
             out.push_str("${");
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
-            let end = tail
-                .find('}')
-                .ok_or_else(|| format!("unclosed placeholder in {text:?}"))?;
+            let end =
+                closing_brace(tail).ok_or_else(|| format!("unclosed placeholder in {text:?}"))?;
             out.push_str(&resolve(&tail[..end], lookup)?);
             rest = &tail[end + 1..];
         } else {
@@ -92,6 +91,22 @@ fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String,
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Where the placeholder that `text` is the inside of ends: placeholders nest in defaults
+/// (`${env:DATABASE_URL:-${env:SQLITE_DB_PATH:-./data/metrics.db}}`).
+fn closing_brace(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = text.as_bytes();
+    for (at, byte) in bytes.iter().enumerate() {
+        match byte {
+            b'{' if at > 0 && bytes[at - 1] == b'$' => depth += 1,
+            b'}' if depth == 0 => return Some(at),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 fn resolve(placeholder: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
@@ -109,7 +124,7 @@ fn resolve(placeholder: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result
     }
     match (lookup(name), default) {
         (Some(value), _) => Ok(value),
-        (None, Some(default)) => Ok(default.to_owned()),
+        (None, Some(default)) => expand(default, lookup),
         (None, None) => Err(format!(
             "environment variable {name} is not set and has no default (write ${{env:{name}:-default}})"
         )),
@@ -157,6 +172,18 @@ mod tests {
         let (value, _) = run("a: ${env:PORT:-1}\nb: ${env:UNSET:-./data/x.db}");
         assert_eq!(value["a"], Value::from(9000));
         assert_eq!(value["b"], Value::from("./data/x.db"));
+    }
+
+    #[test]
+    fn defaults_nest() {
+        let (value, problems) = run(
+            "a: ${env:UNSET:-${env:HOST:-x}}\nb: ${env:UNSET:-${env:NOPE:-./data/m.db}}\n\
+             c: ${env:PORT:-${env:HOST}}/x",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(value["a"], Value::from("127.0.0.1"));
+        assert_eq!(value["b"], Value::from("./data/m.db"));
+        assert_eq!(value["c"], Value::from("9000/x"));
     }
 
     #[test]
