@@ -46,6 +46,7 @@ fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> Batch {
         instance_id: Some("bench-01".into()),
         received_at: at,
         key: None,
+        idempotency_key: None,
     };
     let metrics = (0..n)
         .map(|i| {

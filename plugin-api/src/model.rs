@@ -93,6 +93,9 @@ pub struct RequestContext {
     pub received_at: DateTime<Utc>,
     /// The API key behind the request, once a component that checks keys admitted it.
     pub key: Option<KeyInfo>,
+    /// The client's name for this request (`Idempotency-Key`): a store that has seen it from the
+    /// same key stores the request's metrics no second time.
+    pub idempotency_key: Option<String>,
 }
 
 /// The metrics of one client request and its context.
@@ -162,8 +165,11 @@ impl Batch {
         self.reserved.append(&mut other.reserved);
     }
 
-    /// Splits off and returns the first `max` metrics; both halves keep the acknowledgements,
-    /// so a request counts as delivered only when both are.
+    /// Splits off and returns at most `max` metrics from the front: whole requests while they
+    /// fit, and part of the first request only when it alone is larger than `max`. A request
+    /// larger than `max` is thus always cut at the same metrics, whatever came before it, which
+    /// is what lets a store recognise the parts of a resent request (`Idempotency-Key`). Both
+    /// halves keep the acknowledgements, so a request counts as delivered only when both are.
     pub fn take_front(&mut self, max: usize) -> Batch {
         let mut front = Batch {
             requests: Vec::new(),
@@ -175,6 +181,8 @@ impl Batch {
             if self.requests[0].metrics.len() <= room {
                 room -= self.requests[0].metrics.len();
                 front.requests.push(self.requests.remove(0));
+            } else if !front.requests.is_empty() {
+                break;
             } else {
                 let request = Arc::make_mut(&mut self.requests[0]);
                 let rest = request.metrics.split_off(room);
@@ -225,6 +233,7 @@ mod tests {
             instance_id: None,
             received_at: Utc::now(),
             key: None,
+            idempotency_key: None,
         };
         let metric = |index| Metric {
             index,
@@ -242,14 +251,27 @@ mod tests {
     }
 
     #[test]
-    fn take_front_splits_across_requests() {
+    fn take_front_keeps_requests_whole_when_they_fit() {
         let mut batch = Batch::new(request("a", 3), None);
         batch.append(Batch::new(request("b", 4), None));
         let front = batch.take_front(5);
-        assert_eq!(front.len(), 5);
-        assert_eq!(batch.len(), 2);
-        assert_eq!(front.requests[1].context.request_id, "b");
-        assert_eq!(batch.requests[0].metrics[0].index, 2);
+        assert_eq!((front.len(), batch.len()), (3, 4));
+        assert_eq!(batch.requests[0].context.request_id, "b");
+        let front = batch.take_front(7);
+        assert_eq!((front.len(), batch.len()), (4, 0));
+    }
+
+    #[test]
+    fn take_front_cuts_a_large_request_at_the_same_metrics_whatever_came_before() {
+        let mut alone = Batch::new(request("big", 7), None);
+        let mut behind = Batch::new(request("small", 2), None);
+        behind.append(Batch::new(request("big", 7), None));
+        behind.take_front(5);
+        for batch in [&mut alone, &mut behind] {
+            let front = batch.take_front(5);
+            assert_eq!(front.len(), 5);
+            assert_eq!(batch.requests[0].metrics[0].index, 5);
+        }
     }
 
     #[test]

@@ -1,22 +1,26 @@
 //! The active API keys, held in memory so that checking a key never waits on the database.
 //!
 //! The whole table is re-read every refresh interval, so a key deactivated by any tool is refused
-//! within one interval. A key the cache does not know is looked up once (a key made a moment ago
+//! within one interval; on PostgreSQL also at once whenever the table changes (a trigger
+//! announces it with NOTIFY), so every replica follows a key made or revoked anywhere. With the
+//! database unreachable, the keys known are kept. A key the cache does not know is looked up once (a key made a moment ago
 //! works at once) and then remembered as unknown until the next refresh, so a flood of bad keys
 //! costs no more than one query each per interval, and at most `MAX_UNKNOWN` of them.
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mcp_metrics_plugin::{CancellationToken, KeyInfo};
 
-use crate::{Store, hash_key};
+use crate::postgres::KEYS_CHANGED;
+use crate::{Database, PgStore, hash_key};
 
 const MAX_UNKNOWN: usize = 10_000;
 
 pub struct KeyCache {
-    store: Arc<Store>,
+    database: Database,
     known: RwLock<HashMap<String, KeyInfo>>,
     unknown: Mutex<HashSet<String>>,
     /// Ids of keys used since `last_used_at` was last written.
@@ -26,17 +30,24 @@ pub struct KeyCache {
 impl KeyCache {
     /// Loads the keys and keeps them fresh every `refresh` until `shutdown`.
     pub async fn start(
-        store: Arc<Store>,
+        database: Database,
         refresh: Duration,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<KeyCache>> {
         let cache = Arc::new(KeyCache {
-            store,
+            database: database.clone(),
             known: RwLock::new(HashMap::new()),
             unknown: Mutex::new(HashSet::new()),
             used: Mutex::new(HashSet::new()),
         });
         cache.refresh().await?;
+        if let Database::Postgres(store) = &database {
+            tokio::spawn(follow_changes(
+                cache.clone(),
+                store.clone(),
+                shutdown.clone(),
+            ));
+        }
         let keeper = cache.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(refresh);
@@ -83,7 +94,7 @@ impl KeyCache {
                 return Ok(None);
             }
         }
-        let found = self.store.find_active_key(&digest).await?;
+        let found = self.database.find_active_key(&digest).await?;
         match &found {
             Some(info) => {
                 let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
@@ -99,7 +110,7 @@ impl KeyCache {
 
     async fn refresh(&self) -> anyhow::Result<()> {
         let active: HashMap<String, KeyInfo> =
-            self.store.active_keys().await?.into_iter().collect();
+            self.database.active_keys().await?.into_iter().collect();
         *self.known.write().unwrap_or_else(|e| e.into_inner()) = active;
         self.unknown
             .lock()
@@ -117,6 +128,38 @@ impl KeyCache {
         if used.is_empty() {
             return Ok(());
         }
-        self.store.touch_keys(&used).await
+        self.database.touch_keys(&used).await
+    }
+}
+
+/// Refreshes the cache whenever PostgreSQL announces a change to `api_keys`. A lost connection
+/// is made again (the refresh interval covers the time between), and the cache is refreshed once
+/// it is back, for the changes made meanwhile.
+async fn follow_changes(cache: Arc<KeyCache>, store: Arc<PgStore>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            Err(error) = listen(&cache, &store) => {
+                tracing::warn!(%error, "cannot listen for key changes; trying again in 1 s");
+            }
+            _ = shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn listen(cache: &KeyCache, store: &PgStore) -> Result<Infallible, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(store.pool()).await?;
+    listener.listen(KEYS_CHANGED).await?;
+    loop {
+        // `None`: the connection was lost; the next call connects again.
+        if listener.try_recv().await?.is_none() {
+            tracing::debug!("key changes: connection lost, listening again");
+        }
+        if let Err(error) = cache.refresh().await {
+            tracing::warn!(%error, "cannot refresh API keys; keeping the ones known");
+        }
     }
 }

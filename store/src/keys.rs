@@ -243,7 +243,7 @@ fn key_info(row: &sqlx::sqlite::SqliteRow) -> Result<KeyInfo, sqlx::Error> {
 }
 
 /// An empty column means the service's default; negative values make no sense.
-fn rate_limit(column: Option<i64>) -> Option<u32> {
+pub(crate) fn rate_limit(column: Option<i64>) -> Option<u32> {
     column.map(|n| n.clamp(0, u32::MAX as i64) as u32)
 }
 

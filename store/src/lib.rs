@@ -1,9 +1,16 @@
-//! The SQLite database of mcp-metrics: the contract's schema kept current by migrations, the API
-//! keys, and the metric rows. One [`Store`] per database file per process, shared by every
-//! component that names the file, so the file is migrated once and writes share one pool.
+//! The database of mcp-metrics: the contract's schema kept current by migrations, the API keys,
+//! and the metric rows, in a SQLite file ([`Store`]) or in PostgreSQL ([`PgStore`]), either
+//! behind [`Database`]. One store per database per process, shared by every component that names
+//! it, so it is migrated once and writes share one pool.
 
+mod columns;
+mod database;
+mod idempotency;
 mod key_cache;
 mod keys;
+mod location;
+mod migrate;
+mod postgres;
 mod retention;
 mod rows;
 mod stats;
@@ -19,17 +26,22 @@ use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use database::Database;
+pub use idempotency::IDEMPOTENCY_WINDOW;
 pub use key_cache::KeyCache;
 pub use keys::{EnvKeyChange, KeyRecord, generate_key, hash_key};
+pub use location::Location;
+pub use migrate::migrate;
+pub use postgres::{KEYS_CHANGED, PgStore};
 pub use retention::{
     MAX_RETENTION_DAYS, RetentionPolicy, RetentionRun, metric_table, retention_cutoff,
 };
 pub use stats::{DatabaseSize, TableStats};
 
 /// The schema migrations, embedded at build time.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// An open, migrated database.
+/// An open, migrated SQLite file.
 #[derive(Debug)]
 pub struct Store {
     pool: SqlitePool,

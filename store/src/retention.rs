@@ -4,10 +4,11 @@
 use chrono::{DateTime, Duration, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::idempotency::idempotency_cutoff;
 use crate::{METRIC_TABLES, Store, timestamp_text};
 
 /// Rows deleted per transaction.
-const CHUNK: usize = 1_000;
+pub(crate) const CHUNK: usize = 1_000;
 
 /// The longest retention period a policy may have: 100 years (36,500 days). The admin API and
 /// the `sqlite` exporter's `retention_days` refuse more.
@@ -144,7 +145,19 @@ impl Store {
                 rows,
             });
         }
+        if !dry_run && only.is_none() {
+            self.forget_idempotency_keys().await?;
+        }
         Ok(runs)
+    }
+
+    /// Deletes idempotency records older than the window.
+    async fn forget_idempotency_keys(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(timestamp_text(&idempotency_cutoff(Utc::now())))
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 
     async fn count_older_than(

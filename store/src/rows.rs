@@ -1,14 +1,15 @@
 //! Writing metric rows: every metric into `metrics`, the typed ones also into their own table,
 //! with the contract's column mapping. One transaction per batch, many rows per INSERT.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use mcp_metrics_plugin::{Batch, Metric, MetricType, RequestContext};
-use serde_json::{Map, Value};
 use sqlx::sqlite::{Sqlite, SqliteArguments};
 use sqlx::{AssertSqlSafe, SqliteConnection};
 
+use crate::columns::{authenticated_service, boolean, integer, json_text, real, text};
+use crate::idempotency::{keyed_parts, unseen};
 use crate::{Store, timestamp_text};
 
 /// Rows per INSERT statement: large enough to amortise the statement and the round trip to the
@@ -145,11 +146,6 @@ const TOOL_METRICS: Table = Table {
     },
 };
 
-/// The service of the API key, as the `enrich` processor records it (`service_identity: record`).
-fn authenticated_service(metadata: &Map<String, Value>) -> Option<String> {
-    text(metadata.get("authenticated_service"))
-}
-
 /// The columns every typed table starts with.
 fn bind_common<'q>(query: Query<'q>, row: &Row<'_>) -> Query<'q> {
     query
@@ -172,15 +168,7 @@ fn typed_table(metric_type: MetricType) -> Option<&'static Table> {
 impl Store {
     /// Writes every metric of the batch in one transaction: all rows or none.
     pub async fn write_batch(&self, batch: &Batch) -> Result<(), sqlx::Error> {
-        let rows: Vec<Row> = batch
-            .metrics()
-            .map(|(context, metric)| Row {
-                context,
-                metric,
-                timestamp: timestamp_text(&metric.timestamp),
-            })
-            .collect();
-        if rows.is_empty() {
+        if batch.is_empty() {
             return Ok(());
         }
         let mut writer = self.writer.lock().await;
@@ -188,7 +176,7 @@ impl Store {
             Some(connection) => connection,
             None => writer.insert(self.pool().acquire().await?),
         };
-        let written = write_rows(connection, &rows).await;
+        let written = write_rows(connection, batch).await;
         if written.is_err() {
             // The connection may be what failed: take a fresh one next time.
             *writer = None;
@@ -197,13 +185,19 @@ impl Store {
     }
 }
 
-/// Every row into `metrics`, the typed ones also into their table, in one transaction.
-async fn write_rows(
-    connection: &mut SqliteConnection,
-    rows: &[Row<'_>],
-) -> Result<(), sqlx::Error> {
+/// Every row into `metrics`, the typed ones also into their table, in one transaction, except
+/// the parts of requests the database already has under their idempotency key.
+async fn write_rows(connection: &mut SqliteConnection, batch: &Batch) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
     let mut tx = connection.begin().await?;
+    let seen = record_keyed_parts(&mut tx, batch).await?;
+    let rows: Vec<Row> = unseen(batch, &seen)
+        .map(|(context, metric)| Row {
+            context,
+            metric,
+            timestamp: timestamp_text(&metric.timestamp),
+        })
+        .collect();
     insert(&mut tx, &METRICS, rows.iter()).await?;
     for table in [&AUTH_METRICS, &DISCOVERY_METRICS, &TOOL_METRICS] {
         let typed = rows.iter().filter(|row| {
@@ -212,6 +206,32 @@ async fn write_rows(
         insert(&mut tx, table, typed).await?;
     }
     tx.commit().await
+}
+
+/// Records the batch's keyed parts; returns the requests whose part was recorded before.
+async fn record_keyed_parts(
+    connection: &mut SqliteConnection,
+    batch: &Batch,
+) -> Result<HashSet<usize>, sqlx::Error> {
+    let mut seen = HashSet::new();
+    for part in keyed_parts(batch) {
+        let recorded = sqlx::query(
+            "INSERT INTO idempotency_keys \
+             (key_id, idempotency_key, first_index, request_id, created_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(part.key_id)
+        .bind(part.idempotency_key)
+        .bind(part.first_index)
+        .bind(part.request_id)
+        .bind(timestamp_text(&chrono::Utc::now()))
+        .execute(&mut *connection)
+        .await?;
+        if recorded.rows_affected() == 0 {
+            seen.insert(part.request);
+        }
+    }
+    Ok(seen)
 }
 
 async fn insert<'a>(
@@ -263,70 +283,9 @@ fn insert_sql(table: &Table, rows: usize) -> Arc<str> {
         .clone()
 }
 
-fn json_text(map: &Map<String, Value>) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
-}
-
-/// A TEXT column from a JSON value: strings as they are, other scalars as written, null as NULL.
-fn text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
-/// A BOOLEAN column: true/false, 1/0, or their spellings as strings.
-fn boolean(value: Option<&Value>) -> Option<bool> {
-    match value? {
-        Value::Bool(b) => Some(*b),
-        Value::Number(n) => n.as_f64().map(|n| n != 0.0),
-        Value::String(s) => match s.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Some(true),
-            "false" | "0" | "no" => Some(false),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// An INTEGER column: whole numbers, or strings that hold one.
-fn integer(value: Option<&Value>) -> Option<i64> {
-    match value? {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// A REAL column: numbers, or strings that hold one.
-fn real(value: Option<&Value>) -> Option<f64> {
-    match value? {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn column_conversions() {
-        assert_eq!(text(Some(&json!("jwt"))), Some("jwt".into()));
-        assert_eq!(text(Some(&json!(404))), Some("404".into()));
-        assert_eq!(text(Some(&json!(null))), None);
-        assert_eq!(boolean(Some(&json!("False"))), Some(false));
-        assert_eq!(boolean(Some(&json!(1))), Some(true));
-        assert_eq!(integer(Some(&json!(5.0))), Some(5));
-        assert_eq!(integer(Some(&json!("12"))), Some(12));
-        assert_eq!(integer(Some(&json!(1.5))), None);
-        assert_eq!(real(Some(&json!("2.5"))), Some(2.5));
-    }
 
     #[test]
     fn insert_sql_has_one_tuple_per_row() {

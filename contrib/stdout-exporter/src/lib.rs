@@ -112,6 +112,7 @@ mod tests {
             instance_id: None,
             received_at: chrono::Utc::now(),
             key: None,
+            idempotency_key: None,
         };
         let metric = |metric_type| Metric {
             index: 0,
