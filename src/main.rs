@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mcp_metrics::config::{self, EMBEDDED_DEFAULT, ServiceConfig};
 use mcp_metrics::{ConfigSource, Service};
-use mcp_metrics_store::Store;
+use mcp_metrics_store::{Database, migrate};
 
 #[derive(Parser)]
 #[command(
@@ -45,14 +45,22 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
-        /// The database that holds the keys.
-        #[arg(
-            long,
-            global = true,
-            env = "SQLITE_DB_PATH",
-            default_value = "./data/metrics.db"
-        )]
-        database: PathBuf,
+        /// The database that holds the keys: `postgres://user:pass@host/db`, `sqlite:///path`
+        /// or a SQLite file path. Default: DATABASE_URL, else SQLITE_DB_PATH, else
+        /// ./data/metrics.db, as the service itself reads them.
+        #[arg(long, global = true)]
+        database: Option<String>,
+    },
+    /// Copy every row (keys, retention policies, metrics) from one database into another, for
+    /// instance from the SQLite file into PostgreSQL; rows already there are left as they are,
+    /// so it can be run again.
+    Migrate {
+        /// The database to read: `sqlite:///path` or a path, or a `postgres://` URL.
+        #[arg(long)]
+        from: String,
+        /// The database to write (migrated first): a `postgres://` URL, or a SQLite file.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -142,7 +150,8 @@ fn main() -> ExitCode {
                 print!("{}", config::describe_components());
                 Ok(())
             }
-            Command::Keys { command, database } => keys(command, &database).await,
+            Command::Keys { command, database } => keys(command, database).await,
+            Command::Migrate { from, to } => migrate_rows(&from, &to).await,
         }
     });
     match result {
@@ -215,8 +224,17 @@ fn validate(arg: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn keys(command: KeysCommand, database: &Path) -> anyhow::Result<()> {
-    let store = Store::open(database).await?;
+/// The database the service would use when none is given: DATABASE_URL, else SQLITE_DB_PATH,
+/// else ./data/metrics.db (as in the embedded `pipelines.yaml`).
+fn default_database() -> String {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    var("DATABASE_URL")
+        .or_else(|| var("SQLITE_DB_PATH"))
+        .unwrap_or_else(|| "./data/metrics.db".into())
+}
+
+async fn keys(command: KeysCommand, database: Option<String>) -> anyhow::Result<()> {
+    let store = Database::open(&database.unwrap_or_else(default_database)).await?;
     match command {
         KeysCommand::Create {
             service,
@@ -260,6 +278,17 @@ async fn keys(command: KeysCommand, database: &Path) -> anyhow::Result<()> {
             println!("Key {id} revoked; the service refuses it within its refresh interval.");
         }
     }
+    Ok(())
+}
+
+async fn migrate_rows(from: &str, to: &str) -> anyhow::Result<()> {
+    let source = Database::open(from).await?;
+    let target = Database::open(to).await?;
+    println!("Copying {} into {}", source.location(), target.location());
+    for (table, rows) in migrate(&source, &target).await? {
+        println!("{table:>20}: {rows} rows");
+    }
+    println!("Done.");
     Ok(())
 }
 

@@ -1,26 +1,25 @@
-//! `sqlite`: stores every metric in a SQLite file with the contract's schema.
+//! `database`: stores every metric with the contract's schema, in a SQLite file or in PostgreSQL
+//! shared by replicas. `sqlite` is the same exporter named by a file path, as older configs have it.
 
 mod config;
 mod retention;
 
-pub use config::SqliteConfig;
-
-use std::sync::Arc;
+pub use config::{DatabaseConfig, SqliteConfig};
 
 use mcp_metrics_plugin::{Batch, CancellationToken, ExportError, Exporter, async_trait};
-use mcp_metrics_store::Store;
+use mcp_metrics_store::Database;
 use tokio::task::JoinHandle;
 
-pub struct SqliteExporter {
-    store: Arc<Store>,
+pub struct DatabaseExporter {
+    database: Database,
     /// The retention task, stopped before the last checkpoint so its deletes cannot hold it up.
     retention: tokio::sync::Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
 }
 
 #[async_trait]
-impl Exporter for SqliteExporter {
+impl Exporter for DatabaseExporter {
     async fn export(&self, batch: &Batch) -> Result<(), ExportError> {
-        self.store.write_batch(batch).await.map_err(classify)
+        self.database.write_batch(batch).await.map_err(classify)
     }
 
     async fn shutdown(&self) -> Result<(), mcp_metrics_plugin::BoxError> {
@@ -28,18 +27,15 @@ impl Exporter for SqliteExporter {
             stop.cancel();
             let _ = task.await;
         }
-        // Fold the write-ahead log into the database so the file is complete on its own.
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(self.store.pool())
-            .await?;
+        self.database.checkpoint().await?;
         Ok(())
     }
 }
 
-/// Whether trying again can help: a busy or locked database, a full disk or an I/O fault may
-/// clear; a constraint or a malformed value will not.
+/// Whether trying again can help: a busy or locked database, a server that is down, a full disk
+/// or an I/O fault may clear; a constraint or a malformed value will not.
 fn classify(error: sqlx::Error) -> ExportError {
-    let message = format!("sqlite: {error}");
+    let message = format!("database: {error}");
     match &error {
         sqlx::Error::Database(db) => match db.kind() {
             sqlx::error::ErrorKind::Other => ExportError::retryable(message),

@@ -2,14 +2,13 @@
 //! (a database error, or even a panic) is logged, reported in `/health` under the exporter until
 //! a later pass succeeds, and tried again at the next interval: the task itself never dies.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_metrics_plugin::{CancellationToken, Telemetry};
-use mcp_metrics_store::Store;
+use mcp_metrics_store::Database;
 
 pub async fn run(
-    store: Arc<Store>,
+    database: Database,
     every: Duration,
     component: String,
     telemetry: Telemetry,
@@ -22,7 +21,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        match pass(&store).await {
+        match pass(&database).await {
             Ok(()) => telemetry.background_ok(&component),
             Err(problem) => {
                 tracing::warn!(exporter = %component, %problem, "retention: will try again");
@@ -35,9 +34,9 @@ pub async fn run(
 
 /// One pass over every active policy, in a task of its own so that even a panic in it is a
 /// failed pass rather than the end of retention.
-async fn pass(store: &Arc<Store>) -> Result<(), String> {
-    let store = store.clone();
-    let pass = tokio::spawn(async move { store.apply_retention(None, false).await });
+async fn pass(database: &Database) -> Result<(), String> {
+    let database = database.clone();
+    let pass = tokio::spawn(async move { database.apply_retention(None, false).await });
     match pass.await {
         Ok(Ok(runs)) => {
             for run in runs.iter().filter(|run| run.rows > 0) {

@@ -1,4 +1,3 @@
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -6,7 +5,7 @@ use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Consumer, Processor, ProcessorConfig,
     ProcessorRegistration, async_trait, inventory,
 };
-use mcp_metrics_store::{EnvKeyChange, KeyCache, Store};
+use mcp_metrics_store::{Database, EnvKeyChange, KeyCache, Location};
 use serde::{Deserialize, Serialize};
 
 use super::AuthProcessor;
@@ -14,8 +13,9 @@ use super::AuthProcessor;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// The database whose `api_keys` table holds the keys.
-    pub database: PathBuf,
+    /// The database whose `api_keys` table holds the keys: a SQLite file path, `sqlite:///path`
+    /// or `postgres://user:pass@host/db` (DATABASE_URL).
+    pub database: String,
     /// How often the keys are re-read: a deactivated key is refused within this time.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
@@ -27,7 +27,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            database: PathBuf::from("./data/metrics.db"),
+            database: "./data/metrics.db".into(),
             refresh_interval: Duration::from_secs(2),
             env_key_prefix: "METRICS_API_KEY_".into(),
         }
@@ -36,11 +36,14 @@ impl Default for AuthConfig {
 
 impl ComponentConfig for AuthConfig {
     fn validate(&self) -> Vec<String> {
-        if self.refresh_interval.is_zero() {
-            vec!["refresh_interval: must be more than zero".into()]
-        } else {
-            vec![]
+        let mut problems = Vec::new();
+        if let Err(problem) = Location::parse(&self.database) {
+            problems.push(format!("database: {problem}"));
         }
+        if self.refresh_interval.is_zero() {
+            problems.push("refresh_interval: must be more than zero".into());
+        }
+        problems
     }
 }
 
@@ -51,19 +54,19 @@ impl ProcessorConfig for AuthConfig {
         cx: &BuildContext,
         next: Arc<dyn Consumer>,
     ) -> Result<Arc<dyn Processor>, BoxError> {
-        let store = Store::open(&self.database).await?;
+        let database = Database::open(&self.database).await?;
         if !self.env_key_prefix.is_empty() {
             let vars: Vec<_> = std::env::vars().collect();
-            register_env_keys(&store, &self.env_key_prefix, vars.into_iter()).await?;
+            register_env_keys(&database, &self.env_key_prefix, vars.into_iter()).await?;
         }
-        let keys = KeyCache::start(store, self.refresh_interval, cx.shutdown.clone()).await?;
+        let keys = KeyCache::start(database, self.refresh_interval, cx.shutdown.clone()).await?;
         Ok(Arc::new(AuthProcessor { keys, next }))
     }
 }
 
 /// Registers the deployment's `<prefix><NAME>=<key>` variables as keys of service `<name>`.
 pub async fn register_env_keys(
-    store: &Store,
+    database: &Database,
     prefix: &str,
     vars: impl Iterator<Item = (String, String)>,
 ) -> Result<(), BoxError> {
@@ -76,7 +79,7 @@ pub async fn register_env_keys(
             continue;
         }
         let service = service.to_lowercase().replace('_', "-");
-        match store.register_env_key(&service, key.trim()).await? {
+        match database.register_env_key(&service, key.trim()).await? {
             EnvKeyChange::Revoked => tracing::warn!(
                 %service,
                 "the API key in {name} was revoked and stays revoked; set a new key in {name} \

@@ -6,6 +6,7 @@ use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Receiver, ReceiverConfig, ReceiverRegistration,
     ServiceControl, async_trait, inventory,
 };
+use mcp_metrics_store::Location;
 use serde::{Deserialize, Serialize};
 
 use super::HttpReceiver;
@@ -28,8 +29,9 @@ pub struct HttpConfig {
     /// once they are queued.
     pub acknowledgements: bool,
     /// The database whose API keys guard the operator endpoints (`/rate-limit`, `/flush`,
-    /// `/admin/...`) and which `/admin` reports on; without it those endpoints answer 404.
-    pub database: Option<std::path::PathBuf>,
+    /// `/admin/...`) and which `/admin` reports on: a SQLite file path, `sqlite:///path` or
+    /// `postgres://user:pass@host/db` (DATABASE_URL); without it those endpoints answer 404.
+    pub database: Option<String>,
     /// With `acknowledgements`, how long to wait for delivery before answering 503.
     #[serde(with = "humantime_serde")]
     pub acknowledgement_timeout: Duration,
@@ -68,6 +70,9 @@ impl Default for HttpConfig {
 impl ComponentConfig for HttpConfig {
     fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(Err(problem)) = self.database.as_deref().map(Location::parse) {
+            problems.push(format!("database: {problem}"));
+        }
         if self.max_request_size.as_u64() == 0 {
             problems.push("max_request_size: must be more than zero".into());
         }

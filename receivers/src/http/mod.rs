@@ -31,7 +31,10 @@ use mcp_metrics_plugin::{
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use wire::{HttpError, decode_metric, decode_request, error_reply, outcome_reply, request_id};
+use wire::{
+    HttpError, decode_metric, decode_request, error_reply, idempotency_key, idempotent_request_id,
+    outcome_reply, request_id,
+};
 
 pub struct HttpReceiver {
     config: HttpConfig,
@@ -148,13 +151,17 @@ async fn limit_in_flight(
 }
 
 async fn post_metrics(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
-    let request_id = request_id();
+    let mut request_id = request_id();
     let started = std::time::Instant::now();
     let received_at = Utc::now();
     let (head, body) = request.into_parts();
     let mut judged = Judged::default();
     let result = match judge_head(&app, &head.headers, &mut judged).await {
         Ok(admitted) => {
+            if let Some(key) = &judged.idempotency_key {
+                // A resend is answered with the first one's id, as with all else of its answer.
+                request_id = idempotent_request_id(admitted.head(), key);
+            }
             take_metrics(&app, admitted, body, &request_id, received_at, &mut judged).await
         }
         Err(error) => {
@@ -187,6 +194,8 @@ struct Judged {
     points: usize,
     /// The caller's rate-limit standing, once judged.
     standing: Option<RateLimitState>,
+    /// The client's `Idempotency-Key`, once checked.
+    idempotency_key: Option<String>,
 }
 
 /// Everything the head tells, cheapest refusal first: the pipelines' admission (key, rate limit,
@@ -205,6 +214,7 @@ async fn judge_head(
     judged.standing = admitted.head().standing;
     check_content_length(headers, app.config.max_request_size.as_u64())?;
     check_content_type(headers)?;
+    judged.idempotency_key = idempotency_key(headers)?;
     Ok(admitted)
 }
 
@@ -247,6 +257,7 @@ async fn take_metrics(
         instance_id: wire.instance_id,
         received_at,
         key: admitted.head().key.clone(),
+        idempotency_key: judged.idempotency_key.take(),
     };
     let request = Request {
         context: Arc::new(context),

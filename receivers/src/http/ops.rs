@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use mcp_metrics_plugin::{BoxError, BuildContext, KeyInfo, Reason, ServiceControl};
-use mcp_metrics_store::{KeyCache, MAX_RETENTION_DAYS, Store, metric_table};
+use mcp_metrics_store::{Database, KeyCache, MAX_RETENTION_DAYS, metric_table};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -25,7 +25,7 @@ use super::{App, admit, credential};
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Ops {
-    store: Arc<Store>,
+    database: Database,
     keys: Arc<KeyCache>,
     control: Arc<dyn ServiceControl>,
 }
@@ -34,13 +34,17 @@ impl Ops {
     pub async fn start(
         cx: &BuildContext,
         control: Arc<dyn ServiceControl>,
-        database: &std::path::Path,
+        database: &str,
     ) -> Result<Ops, BoxError> {
-        let store = Store::open(database).await?;
-        let keys =
-            KeyCache::start(store.clone(), Duration::from_secs(2), cx.shutdown.clone()).await?;
+        let database = Database::open(database).await?;
+        let keys = KeyCache::start(
+            database.clone(),
+            Duration::from_secs(2),
+            cx.shutdown.clone(),
+        )
+        .await?;
         Ok(Ops {
-            store,
+            database,
             keys,
             control,
         })
@@ -186,7 +190,7 @@ async fn flush(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     guarded(&app, &headers, true, |ops, _| async move {
         let policies = ops
-            .store
+            .database
             .retention_policies()
             .await
             .map_err(database_error)?;
@@ -298,7 +302,7 @@ async fn set_policy(
         let table = known_table(&table)?;
         let body = body.map_err(body_refusal)?;
         let (retention_days, is_active) = policy_update(&params(query)?, &body)?;
-        ops.store
+        ops.database
             .set_retention_policy(table, retention_days, is_active)
             .await
             .map_err(database_error)?;
@@ -332,7 +336,7 @@ async fn retention(
     dry_run: bool,
 ) -> Result<Value, HttpError> {
     let runs = ops
-        .store
+        .database
         .apply_retention(table, dry_run)
         .await
         .map_err(database_error)?;
@@ -349,7 +353,7 @@ async fn retention(
 
 async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     guarded(&app, &headers, true, |ops, _| async move {
-        let tables = ops.store.table_stats().await.map_err(database_error)?;
+        let tables = ops.database.table_stats().await.map_err(database_error)?;
         let tables: Vec<Value> = tables
             .into_iter()
             .map(|t| json!({"table_name": t.table_name, "rows": t.rows, "oldest": t.oldest, "newest": t.newest}))
@@ -361,7 +365,7 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 
 async fn size(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     guarded(&app, &headers, true, |ops, _| async move {
-        let size = ops.store.size().await.map_err(database_error)?;
+        let size = ops.database.size().await.map_err(database_error)?;
         Ok(json!({
             "path": size.path,
             "file_bytes": size.file_bytes,

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use mcp_metrics_plugin::{
-    Metric, MetricType, Outcome, RateLimitState, Reason, Refusal, Rejection, parse_timestamp,
+    Metric, MetricType, Outcome, RateLimitState, Reason, Refusal, Rejection, RequestHead,
+    parse_timestamp,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -330,6 +331,37 @@ fn reply(status: StatusCode, body: impl Serialize, standing: Option<RateLimitSta
 /// A fresh request id in the contract's shape.
 pub fn request_id() -> Arc<str> {
     format!("req_{:016x}", rand::random::<u64>()).into()
+}
+
+/// The longest `Idempotency-Key` taken.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The `Idempotency-Key` header, if sent: at most 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.iter().all(u8::is_ascii_graphic) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters \
+                 (a UUID, say)"
+            ),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
+}
+
+/// The request id of every sending of one request: the same key from the same API key always
+/// gets the same id, on any replica, so a resend is answered exactly like the first.
+pub fn idempotent_request_id(head: &RequestHead, idempotency_key: &str) -> Arc<str> {
+    use sha2::{Digest, Sha256};
+    let key_id = head.key.as_ref().map_or(0, |key| key.id);
+    let digest = Sha256::digest(format!("{key_id}\n{idempotency_key}").as_bytes());
+    format!("req_{}", hex::encode(&digest[..8])).into()
 }
 
 /// The decoder against whatever a hostile client may send: it answers, never panics.
