@@ -1,6 +1,8 @@
 //! What the integration tests share: a real service on a loopback port with a real SQLite file
-//! in a temporary folder, and a real HTTP client.
+//! in a temporary folder, and a real HTTP client; and a real PostgreSQL server (`postgres`).
 #![allow(dead_code)]
+
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
