@@ -5,6 +5,7 @@
 //! machine's SQLite takes the same rows without HTTP. Every figure is the median of `--runs`.
 
 mod load;
+mod postgres;
 mod server;
 mod wire;
 
@@ -56,6 +57,11 @@ pub struct Options {
     /// Metrics per second of the steady scenario, in requests of 100.
     #[arg(long, default_value_t = 10_000)]
     pub steady_rate: u64,
+    /// A PostgreSQL server (`postgres://user@host:port/db`, a user that may create databases):
+    /// adds the `postgres` scenario, two replicas on a fresh database of it, batches of 100,
+    /// against COPY and the service's own writer in the same run.
+    #[arg(long)]
+    pub postgres: Option<String>,
 }
 
 /// One run's figures.
@@ -127,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
             ..Load::flat_out(100, &options)
         };
         report_steady(&options, &runs_of(load, Caller::Keyed).await?);
+    }
+    if let Some(server) = &options.postgres {
+        postgres::scenario(&options, server, 100).await?;
     }
     let batches = if wants("overload") {
         options.batches.clone()
