@@ -342,6 +342,23 @@ async fn a_request_resent_to_another_replica_with_the_same_idempotency_key_is_st
 
     let (stored, _) = stored_by_seq(&database).await;
     assert_eq!(stored.len(), 10, "request 7's ten metrics");
+    // The typed table's columns, as the contract maps them.
+    let Database::Postgres(store) = Database::open(&database).await.unwrap() else {
+        unreachable!()
+    };
+    let typed: Vec<(String, Option<bool>, f64)> = sqlx::query_as(
+        "SELECT t.tool_name, t.success, t.duration_ms FROM tool_metrics t \
+         JOIN metrics m ON m.request_id = t.request_id AND m.timestamp = t.timestamp \
+         WHERE m.dimensions->>'seq' = '70'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert!(!typed.is_empty());
+    assert!(
+        typed.iter().all(|row| *row == ("t".to_owned(), Some(true), 2.0)),
+        "{typed:?}"
+    );
     assert!(
         stored.values().all(|n| *n == 2),
         "once per idempotency key: {stored:?}"

@@ -1,13 +1,13 @@
 //! The `postgres` scenario: batches through two replicas sharing one PostgreSQL database, against
-//! the ceiling measured in the same run: the same rows bulk-loaded by one client with COPY, and
-//! with the service's own writer (UNNEST arrays) for the comparison of the two.
+//! the ceiling measured in the same run: the same rows bulk-loaded by one client with COPY (the
+//! service's writer), and with UNNEST arrays, the other way measured.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use mcp_metrics_store::{Database, PgStore};
+use mcp_metrics_store::{Database, PgWrite};
 use sqlx::Connection;
 
 use crate::load::{self, Load};
@@ -16,13 +16,6 @@ use crate::{Options, RunFigures, median_of, workload};
 
 /// Metrics per transaction in the ceilings: what the service's exporter queue merges at most.
 const MERGED: usize = 5000;
-
-/// How a ceiling writes its rows.
-#[derive(Clone, Copy)]
-enum Method {
-    Copy,
-    Unnest,
-}
 
 struct Run {
     service: RunFigures,
@@ -37,13 +30,13 @@ pub async fn scenario(options: &Options, server_url: &str, batch: usize) -> anyh
         let ceiling_time = Duration::from_secs(options.seconds.min(3));
         let copy = ceiling(
             &fresh_database(server_url, &name("copy")).await?,
-            Method::Copy,
+            PgWrite::Copy,
             ceiling_time,
         )
         .await?;
         let unnest = ceiling(
             &fresh_database(server_url, &name("unnest")).await?,
-            Method::Unnest,
+            PgWrite::Unnest,
             ceiling_time,
         )
         .await?;
@@ -82,9 +75,11 @@ pub async fn scenario(options: &Options, server_url: &str, batch: usize) -> anyh
         median(&|r| r.service.p99_ms)
     );
     println!(
-        "  COPY ceiling      {copy:>12.0} metrics/s (same rows, {MERGED} per transaction, one client)"
+        "  COPY ceiling      {copy:>12.0} metrics/s (same rows, {MERGED} per transaction, one client; the service's writer)"
     );
-    println!("  UNNEST writer     {unnest:>12.0} metrics/s (the service's writer, same rows)");
+    println!(
+        "  UNNEST            {unnest:>12.0} metrics/s (same rows, INSERT ... SELECT FROM UNNEST)"
+    );
     println!("  UNNEST / COPY     {:>12.2}", unnest / copy);
     println!("  service/ceiling   {:>12.2}", service / copy);
     let missing: i64 = runs
@@ -108,7 +103,7 @@ async fn fresh_database(url: &str, name: &str) -> anyhow::Result<String> {
 }
 
 /// Metrics per second one client writes with `method`, `MERGED` per transaction.
-async fn ceiling(url: &str, method: Method, duration: Duration) -> anyhow::Result<f64> {
+async fn ceiling(url: &str, method: PgWrite, duration: Duration) -> anyhow::Result<f64> {
     let Database::Postgres(store) = Database::open(url).await? else {
         bail!("{url} is not PostgreSQL");
     };
@@ -116,7 +111,7 @@ async fn ceiling(url: &str, method: Method, duration: Duration) -> anyhow::Resul
     let started = Instant::now();
     let mut written = 0;
     while started.elapsed() < duration {
-        write(&store, &batch, method).await?;
+        store.write_batch_with(&batch, method).await?;
         written += batch.len();
         for metric in &mut Arc::make_mut(&mut batch.requests[0]).metrics {
             metric.timestamp += chrono::Duration::milliseconds(10);
@@ -125,18 +120,6 @@ async fn ceiling(url: &str, method: Method, duration: Duration) -> anyhow::Resul
     let rate = written as f64 / started.elapsed().as_secs_f64();
     store.close().await;
     Ok(rate)
-}
-
-async fn write(
-    store: &PgStore,
-    batch: &mcp_metrics_plugin::Batch,
-    method: Method,
-) -> anyhow::Result<()> {
-    match method {
-        Method::Copy => store.copy_batch(batch).await?,
-        Method::Unnest => store.write_batch(batch).await?,
-    }
-    Ok(())
 }
 
 /// Two replicas of the service on `database`, each driven by half the connections.

@@ -1,12 +1,11 @@
-//! The same rows as [`PgStore::write_batch`] written with `COPY ... FROM STDIN`: PostgreSQL's
-//! bulk-load path. The benchmark measures both in the same run, and takes this one as the
-//! ceiling ("the same rows bulk-loaded by one client with the fastest method").
+//! Rows written with `COPY ... FROM STDIN` in its text format: PostgreSQL's bulk-load path.
 
 use std::fmt::Write;
 
-use mcp_metrics_plugin::{Batch, Metric, MetricType, RequestContext};
+use mcp_metrics_plugin::{Metric, MetricType, RequestContext};
+use sqlx::{Postgres, Transaction};
 
-use super::PgStore;
+use super::rows::Row;
 use crate::columns::{authenticated_service, boolean, integer, json_text, real, text};
 use crate::timestamp_text;
 
@@ -21,34 +20,32 @@ enum Field {
 /// A table's row of one metric.
 type RowOf = fn(&RequestContext, &Metric) -> Vec<Field>;
 
-impl PgStore {
-    /// Writes every metric of the batch with COPY, in one transaction. Idempotency keys are not
-    /// looked at: this is the benchmark's ceiling, not the service's writer.
-    pub async fn copy_batch(&self, batch: &Batch) -> Result<(), sqlx::Error> {
-        let rows: Vec<(&RequestContext, &Metric)> = batch.metrics().collect();
-        let mut tx = self.pool().begin().await?;
-        let tables: [(&str, RowOf, Option<MetricType>); 4] = [
-            (METRICS, metrics_row, None),
-            (AUTH, auth_row, Some(MetricType::AuthRequest)),
-            (DISCOVERY, discovery_row, Some(MetricType::ToolDiscovery)),
-            (TOOL, tool_row, Some(MetricType::ToolExecution)),
-        ];
-        for (statement, row, only) in tables {
-            let mut data = String::new();
-            for (context, metric) in &rows {
-                if only.is_none_or(|t| t == metric.metric_type) {
-                    encode(&mut data, row(context, metric));
-                }
+/// Every row into `metrics`, the typed ones also into their table, in the transaction `tx`.
+pub(super) async fn copy_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[Row<'_>],
+) -> Result<(), sqlx::Error> {
+    let tables: [(&str, RowOf, Option<MetricType>); 4] = [
+        (METRICS, metrics_row, None),
+        (AUTH, auth_row, Some(MetricType::AuthRequest)),
+        (DISCOVERY, discovery_row, Some(MetricType::ToolDiscovery)),
+        (TOOL, tool_row, Some(MetricType::ToolExecution)),
+    ];
+    for (statement, row, only) in tables {
+        let mut data = String::new();
+        for (context, metric) in rows {
+            if only.is_none_or(|t| t == metric.metric_type) {
+                encode(&mut data, row(context, metric));
             }
-            if data.is_empty() {
-                continue;
-            }
-            let mut copy = tx.copy_in_raw(statement).await?;
-            copy.send(data.into_bytes()).await?;
-            copy.finish().await?;
         }
-        tx.commit().await
+        if data.is_empty() {
+            continue;
+        }
+        let mut copy = tx.copy_in_raw(statement).await?;
+        copy.send(data.into_bytes()).await?;
+        copy.finish().await?;
     }
+    Ok(())
 }
 
 const METRICS: &str = "COPY metrics (request_id, service, service_version, instance_id, \

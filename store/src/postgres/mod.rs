@@ -7,6 +7,8 @@ mod copy;
 mod keys;
 mod rows;
 
+pub use rows::PgWrite;
+
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
