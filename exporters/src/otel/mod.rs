@@ -38,6 +38,14 @@ pub fn instrument_names(metric_type: MetricType) -> (&'static str, &'static str)
     }
 }
 
+/// The position of `metric_type` in [`MetricType::ALL`], for arrays kept per metric type.
+pub fn type_index(metric_type: MetricType) -> usize {
+    MetricType::ALL
+        .iter()
+        .position(|t| *t == metric_type)
+        .unwrap_or(0)
+}
+
 /// How an exporter turns metrics into series.
 #[derive(Debug, Clone)]
 pub struct RecorderSettings {
@@ -122,21 +130,9 @@ impl Recorder {
         let mut overflowed = [0usize; MetricType::ALL.len()];
         let mut dimensions_dropped = [0usize; MetricType::ALL.len()];
         for (context, metric) in batch.metrics() {
-            let index = MetricType::ALL
-                .iter()
-                .position(|t| *t == metric.metric_type)
-                .unwrap_or(0);
+            let index = type_index(metric.metric_type);
             let stream = &self.streams[index];
-            let authenticated = metric
-                .metadata
-                .get(labels::AUTHENTICATED_SERVICE)
-                .and_then(|v| v.as_str());
-            let series = self.labels.labels(
-                &context.service,
-                metric.metric_type.as_str(),
-                authenticated,
-                &metric.dimensions,
-            );
+            let series = self.labels.of(context, metric);
             if series.dimensions_dropped {
                 dimensions_dropped[index] += 1;
             }
