@@ -1,7 +1,8 @@
 //! What the `prometheus` and `otlp` exporters share: the instruments of the contract (per metric
-//! type a counter of values and a histogram of durations in seconds), how a metric's dimensions
-//! become labels, and the cap on series per metric. Each exporter instance records on a meter of
-//! its own `SdkMeterProvider`, so two instances never share state.
+//! type a counter of values and a histogram of durations in seconds) and how a metric's
+//! dimensions become labels. The `otlp` exporter records with a [`Recorder`] on a meter of its
+//! own `SdkMeterProvider`, capped in series per metric; the `prometheus` exporter keeps its series
+//! itself, so they can expire (`prometheus::series`). Two instances never share state.
 
 pub mod labels;
 pub mod settings;
@@ -74,7 +75,7 @@ pub fn cardinality_view(limit: usize) -> impl Fn(&Instrument) -> Option<Stream> 
     }
 }
 
-/// The instruments of one exporter instance and the series each metric type has so far.
+/// The instruments of one `otlp` exporter instance and the series each metric type has so far.
 pub struct Recorder {
     exporter: String,
     telemetry: Telemetry,
