@@ -12,7 +12,7 @@ pub use config::PrometheusConfig;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -91,6 +91,7 @@ impl PrometheusExporter {
             running: Arc::new(Semaphore::new(config.max_concurrent_scrapes)),
             max_bytes: usize::try_from(config.max_scrape_size.as_u64()).unwrap_or(usize::MAX),
             warned: AtomicBool::new(false),
+            last_bytes: AtomicUsize::new(0),
         });
         let router = Router::new()
             .route(&config.path, get(scrape))
@@ -126,6 +127,9 @@ struct Scrapes {
     max_bytes: usize,
     /// Whether a scrape over `max_bytes` was logged already.
     warned: AtomicBool,
+    /// Bytes of the last scrape: the next one's buffer starts about as large, so it is not grown
+    /// by doubling (copying megabytes and holding both copies a moment).
+    last_bytes: AtomicUsize,
 }
 
 async fn scrape(State(scrapes): State<Arc<Scrapes>>) -> Response {
@@ -143,8 +147,10 @@ async fn scrape(State(scrapes): State<Arc<Scrapes>>) -> Response {
         families.extend(scrapes.series.families(Instant::now()));
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let encoder = TextEncoder::new();
-        let mut body = Vec::new();
+        let last = scrapes.last_bytes.load(Ordering::Relaxed);
+        let mut body = Vec::with_capacity(last + last / 8);
         encoder.encode(&families, &mut body)?;
+        scrapes.last_bytes.store(body.len(), Ordering::Relaxed);
         // Only the service's own telemetry can pass the reserve it is given; the series clients
         // make are held to the budget when made.
         if body.len() > scrapes.max_bytes && !scrapes.warned.swap(true, Ordering::Relaxed) {
