@@ -356,7 +356,9 @@ async fn a_request_resent_to_another_replica_with_the_same_idempotency_key_is_st
     .unwrap();
     assert!(!typed.is_empty());
     assert!(
-        typed.iter().all(|row| *row == ("t".to_owned(), Some(true), 2.0)),
+        typed
+            .iter()
+            .all(|row| *row == ("t".to_owned(), Some(true), 2.0)),
         "{typed:?}"
     );
     assert!(
@@ -559,4 +561,110 @@ fn cli_migrate(dir: &Path, from: &str, to: &str) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_and_the_admin_endpoints_work_on_postgres() {
+    let server = PostgresServer::start();
+    let database = server.create_database("admin");
+    let (_, key) = key_in(&database).await;
+    let admin = Database::open(&database)
+        .await
+        .unwrap()
+        .create_key("ops", None, true)
+        .await
+        .unwrap()
+        .1;
+    let mut replica = Replica::start(&database, &[]);
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        client
+            .request(method, replica.url(path))
+            .header("X-API-Key", &admin)
+    };
+    // Two metrics of 2024 and one of now.
+    let mut old = load_request(1);
+    let metrics = old["metrics"].as_array_mut().unwrap();
+    metrics.truncate(3);
+    metrics[0]["timestamp"] = "2024-01-15T10:30:00Z".into();
+    metrics[1]["timestamp"] = "2024-01-15T10:30:01Z".into();
+    let reply = client
+        .post(replica.url("/metrics"))
+        .header("X-API-Key", &key)
+        .json(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let flushed = call(reqwest::Method::POST, "/flush").send().await.unwrap();
+    assert_eq!(flushed.status(), 200);
+
+    let stats: Value = call(reqwest::Method::GET, "/admin/database/stats")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tool = stats["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table_name"] == "tool_metrics")
+        .unwrap()
+        .clone();
+    assert_eq!(tool["rows"], 3, "{stats}");
+    assert_eq!(tool["oldest"], "2024-01-15T10:30:00.000000Z", "{stats}");
+
+    let set = call(
+        reqwest::Method::PUT,
+        "/admin/retention/policies/tool_metrics?retention_days=30",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(set.status(), 200);
+    let preview: Value = call(
+        reqwest::Method::GET,
+        "/admin/retention/preview?table_name=tool_metrics",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(preview["total_rows"], 2, "{preview}");
+    let cleanup: Value = call(
+        reqwest::Method::POST,
+        "/admin/retention/cleanup?table_name=tool_metrics&dry_run=false",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(cleanup["total_rows"], 2, "{cleanup}");
+    let counts = Database::open(&database)
+        .await
+        .unwrap()
+        .row_counts()
+        .await
+        .unwrap();
+    assert_eq!((counts["tool_metrics"], counts["metrics"]), (1, 3));
+
+    let size: Value = call(reqwest::Method::GET, "/admin/database/size")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        size["path"].as_str().unwrap().starts_with("postgres://"),
+        "{size}"
+    );
+    assert!(size["file_bytes"].as_u64().unwrap() > 0, "{size}");
+    assert_eq!(terminate(&mut replica.process), 0);
 }

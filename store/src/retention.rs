@@ -43,6 +43,17 @@ pub struct RetentionRun {
     pub rows: u64,
 }
 
+/// The tables a retention pass (of `only` that table, if given) deletes from, with their periods:
+/// those with an active policy that keeps rows for a limited time.
+pub(crate) fn due(policies: Vec<RetentionPolicy>, only: Option<&str>) -> Vec<(&'static str, u32)> {
+    policies
+        .into_iter()
+        .filter(|policy| policy.is_active && policy.retention_days > 0)
+        .filter_map(|policy| Some((metric_table(&policy.table_name)?, policy.retention_days)))
+        .filter(|(table, _)| only.is_none_or(|only| only == *table))
+        .collect()
+}
+
 /// The name if it is one of the metrics tables.
 pub fn metric_table(name: &str) -> Option<&'static str> {
     METRIC_TABLES.into_iter().find(|t| *t == name)
@@ -122,17 +133,8 @@ impl Store {
         dry_run: bool,
     ) -> Result<Vec<RetentionRun>, sqlx::Error> {
         let mut runs = Vec::new();
-        for policy in self.retention_policies().await? {
-            let Some(table) = metric_table(&policy.table_name) else {
-                continue;
-            };
-            if only.is_some_and(|only| only != table)
-                || !policy.is_active
-                || policy.retention_days == 0
-            {
-                continue;
-            }
-            let cutoff = retention_cutoff(Utc::now(), policy.retention_days);
+        for (table, retention_days) in due(self.retention_policies().await?, only) {
+            let cutoff = retention_cutoff(Utc::now(), retention_days);
             let rows = if dry_run {
                 self.count_older_than(table, cutoff).await?
             } else {
@@ -140,7 +142,7 @@ impl Store {
             };
             runs.push(RetentionRun {
                 table_name: table.to_owned(),
-                retention_days: policy.retention_days,
+                retention_days,
                 cutoff: timestamp_text(&cutoff),
                 rows,
             });

@@ -8,10 +8,10 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::PgStore;
 use crate::idempotency::idempotency_cutoff;
-use crate::retention::CHUNK;
+use crate::retention::{CHUNK, due};
 use crate::{
-    DatabaseSize, METRIC_TABLES, RetentionPolicy, RetentionRun, TableStats, metric_table,
-    retention_cutoff, timestamp_text,
+    DatabaseSize, METRIC_TABLES, RetentionPolicy, RetentionRun, TableStats, retention_cutoff,
+    timestamp_text,
 };
 
 /// The advisory lock a retention pass holds.
@@ -111,17 +111,8 @@ impl PgStore {
         dry_run: bool,
     ) -> Result<Vec<RetentionRun>, sqlx::Error> {
         let mut runs = Vec::new();
-        for policy in self.retention_policies().await? {
-            let Some(table) = metric_table(&policy.table_name) else {
-                continue;
-            };
-            if only.is_some_and(|only| only != table)
-                || !policy.is_active
-                || policy.retention_days == 0
-            {
-                continue;
-            }
-            let cutoff = retention_cutoff(Utc::now(), policy.retention_days);
+        for (table, retention_days) in due(self.retention_policies().await?, only) {
+            let cutoff = retention_cutoff(Utc::now(), retention_days);
             let rows = if dry_run {
                 let sql = format!("SELECT COUNT(*) FROM {table} WHERE timestamp < $1");
                 let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
@@ -134,7 +125,7 @@ impl PgStore {
             };
             runs.push(RetentionRun {
                 table_name: table.to_owned(),
-                retention_days: policy.retention_days,
+                retention_days,
                 cutoff: timestamp_text(&cutoff),
                 rows,
             });
