@@ -280,7 +280,19 @@ fn cli(database: &str, args: &[&str]) -> String {
 async fn a_key_made_or_revoked_with_the_cli_holds_on_every_replica_within_a_second() {
     let server = PostgresServer::start();
     let database = server.create_database("keys");
-    let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&database, &[])).collect();
+    // Three replicas starting at once on an empty database: they migrate it and register the
+    // same key from the environment together, and all come up.
+    let env = [("METRICS_API_KEY_GATEWAY", "mcp_metrics_from-the-environment")];
+    let replicas: Vec<Replica> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| Replica::start(&database, &env)))
+            .collect();
+        starting.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let from_env = "mcp_metrics_from-the-environment";
+    until_every_replica_answers(&replicas, from_env, 200).await;
+    let listed = cli(&database, &["keys", "list"]);
+    assert_eq!(listed.matches("gateway").count(), 1, "one key registered: {listed}");
 
     let made = cli(&database, &["keys", "create", "--service", "svc"]);
     let key = made.lines().last().unwrap().trim().to_owned();
