@@ -282,7 +282,10 @@ async fn a_key_made_or_revoked_with_the_cli_holds_on_every_replica_within_a_seco
     let database = server.create_database("keys");
     // Three replicas starting at once on an empty database: they migrate it and register the
     // same key from the environment together, and all come up.
-    let env = [("METRICS_API_KEY_GATEWAY", "mcp_metrics_from-the-environment")];
+    let env = [(
+        "METRICS_API_KEY_GATEWAY",
+        "mcp_metrics_from-the-environment",
+    )];
     let replicas: Vec<Replica> = std::thread::scope(|scope| {
         let starting: Vec<_> = (0..3)
             .map(|_| scope.spawn(|| Replica::start(&database, &env)))
@@ -292,7 +295,11 @@ async fn a_key_made_or_revoked_with_the_cli_holds_on_every_replica_within_a_seco
     let from_env = "mcp_metrics_from-the-environment";
     until_every_replica_answers(&replicas, from_env, 200).await;
     let listed = cli(&database, &["keys", "list"]);
-    assert_eq!(listed.matches("gateway").count(), 1, "one key registered: {listed}");
+    assert_eq!(
+        listed.matches("gateway").count(),
+        1,
+        "one key registered: {listed}"
+    );
 
     let made = cli(&database, &["keys", "create", "--service", "svc"]);
     let key = made.lines().last().unwrap().trim().to_owned();

@@ -1,6 +1,7 @@
 //! The active API keys, held in memory so that checking a key never waits on the database. One
-//! cache per database per process: every component that checks keys against it (each pipeline's
-//! `auth`) shares it, so there is one key check, one cache and one `last_used_at` writer.
+//! cache per database (and refresh interval) per process: every component that checks keys
+//! against it (each pipeline's `auth`) shares it, so there is one key check, one cache and one
+//! `last_used_at` writer.
 //!
 //! The whole table is re-read every refresh interval, so a key deactivated by any tool is refused
 //! within one interval; on PostgreSQL also at once whenever the table changes (a trigger
@@ -32,16 +33,20 @@ pub struct KeyCache {
     stop: CancellationToken,
 }
 
-/// The caches in use, by database.
-static SHARED: Mutex<Vec<(Location, Weak<KeyCache>)>> = Mutex::new(Vec::new());
+/// The caches in use, by database and refresh interval (a reload that changes the interval gets a
+/// cache of its own, not the one it replaces).
+static SHARED: Mutex<Vec<(CacheOf, Weak<KeyCache>)>> = Mutex::new(Vec::new());
+
+/// What a cache is of: a database, refreshed every so often.
+type CacheOf = (Location, Duration);
 static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl KeyCache {
-    /// The cache of `database`'s keys: the one this process has, or a new one, loaded and kept
-    /// fresh every `refresh` (the first user's interval) for as long as anyone holds it.
+    /// The cache of `database`'s keys refreshed every `refresh`: the one this process has, or a
+    /// new one, loaded and kept fresh for as long as anyone holds it.
     pub async fn shared(database: Database, refresh: Duration) -> anyhow::Result<Arc<KeyCache>> {
         let _one_at_a_time = MAKING.lock().await;
-        let location = database.location();
+        let location = (database.location(), refresh);
         let existing = SHARED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
