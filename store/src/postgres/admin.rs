@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// The advisory lock a retention pass holds.
-const RETENTION_LOCK: i64 = 0x6d63_706d_7265_74; // "mcpmret"
+const RETENTION_LOCK: i64 = 0x006d_6370_6d72_6574; // "mcpmret"
 
 impl PgStore {
     pub async fn seed_retention(&self, retention_days: u32) -> Result<(), sqlx::Error> {
