@@ -5,6 +5,7 @@
 //! machine's SQLite takes the same rows without HTTP. Every figure is the median of `--runs`.
 
 mod load;
+mod rate_limit;
 mod server;
 mod wire;
 
@@ -46,7 +47,8 @@ pub struct Options {
     /// Scenarios to run: `overload` (every batch size, clients resending every refusal at
     /// once), `refusal` (a wrong key, flat out: the CPU a refusal costs), `steady` (a steady
     /// `--steady-rate`: CPU and memory at an ordinary load), `durable` (each overload run again
-    /// with `acknowledgements: true`, right after it).
+    /// with `acknowledgements: true`, right after it), `rate-limit` (the rate limiter's cost per
+    /// request, `fleet` policy against `local`; needs --postgres).
     #[arg(
         long,
         value_delimiter = ',',
@@ -56,6 +58,10 @@ pub struct Options {
     /// Metrics per second of the steady scenario, in requests of 100.
     #[arg(long, default_value_t = 10_000)]
     pub steady_rate: u64,
+    /// The PostgreSQL database the `rate-limit` scenario's fleet policy leases from (a server on
+    /// this machine, whose CPU is counted too).
+    #[arg(long)]
+    pub postgres: Option<String>,
 }
 
 /// One run's figures.
@@ -112,6 +118,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let wants = |name: &str| options.scenarios.iter().any(|s| s == name);
+    if wants("rate-limit") {
+        let Some(postgres) = &options.postgres else {
+            anyhow::bail!("the rate-limit scenario needs --postgres postgres://user@host/db");
+        };
+        rate_limit::report(postgres, options.runs).await?;
+    }
     if wants("refusal") && options.url.is_none() {
         for &batch in &options.batches {
             let load = Load::flat_out(batch, &options);
