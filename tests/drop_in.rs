@@ -667,13 +667,13 @@ fn print_config_shows_the_environment_applied_and_hides_secrets() {
         at("processors.auth.database"),
         "/var/lib/metrics/metrics.db"
     );
-    assert_eq!(at("exporters.sqlite.path"), "/var/lib/metrics/metrics.db");
+    assert_eq!(at("exporters.database.url"), "/var/lib/metrics/metrics.db");
     assert_eq!(at("processors.rate_limit.default_limit"), 250);
     assert_eq!(at("processors.batch.send_batch_size"), 42);
     assert_eq!(at("processors.batch.timeout"), "7s");
-    assert_eq!(at("exporters.sqlite.retention_days"), 14);
+    assert_eq!(at("exporters.database.retention_days"), 14);
     assert_eq!(
-        at("exporters.sqlite.sending_queue.queue_size"),
+        at("exporters.database.sending_queue.queue_size"),
         10000,
         "defaults are filled in"
     );
@@ -1052,5 +1052,11 @@ async fn a_database_the_python_service_wrote_is_taken_over_with_every_row_kept()
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(applied, 4);
+    let migrations = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/store/migrations/sqlite"
+    ))
+    .unwrap()
+    .count();
+    assert_eq!(applied as usize, migrations, "every migration applied");
 }

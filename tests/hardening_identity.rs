@@ -115,7 +115,13 @@ async fn refuse_answers_403_service_mismatch_and_stores_nothing() {
     }
     let series = auth_series(&svc, 1).await;
     assert_eq!(series.len(), 1, "{series:?}");
-    assert!(series[0].contains("service=\"svc\""), "{series:?}");
+    assert!(has_label(&series[0], "service", "svc"), "{series:?}");
+}
+
+/// Whether a series line has the label `name="value"` (not merely one whose name ends in `name`).
+fn has_label(line: &str, name: &str, value: &str) -> bool {
+    let label = format!("{name}=\"{value}\"");
+    line.contains(&format!("{{{label}")) || line.contains(&format!(",{label}"))
 }
 
 #[tokio::test]
@@ -149,12 +155,12 @@ async fn record_is_the_default_and_shows_the_key_s_service_in_every_store() {
     assert_eq!(series.len(), 2, "{series:?}");
     let other = series
         .iter()
-        .find(|l| l.contains("service=\"other\""))
+        .find(|l| has_label(l, "service", "other"))
         .unwrap();
-    assert!(other.contains("authenticated_service=\"svc\""), "{other}");
+    assert!(has_label(other, "authenticated_service", "svc"), "{other}");
     let honest = series
         .iter()
-        .find(|l| l.contains("service=\"svc\""))
+        .find(|l| has_label(l, "service", "svc"))
         .unwrap();
     assert!(!honest.contains("authenticated_service"), "{honest}");
 }

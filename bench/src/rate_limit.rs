@@ -1,7 +1,7 @@
 //! `rate-limit`: what the `rate_limit` processor costs per request with the `fleet` policy
 //! against the `local` one. The real processor, built from its config as the service builds it,
 //! judges request heads from 8 tasks at once; the `fleet` one leases from a real PostgreSQL
-//! (`--postgres`). The loads:
+//! (a fresh database on the `--postgres` server). The loads:
 //! - within the limit: 64 keys, 1000 requests each, all admitted, at the default limit (1000 a
 //!   minute: the fleet policy leases once every 5 requests) and at 60,000 a minute (once every
 //!   300);
@@ -21,7 +21,6 @@ use mcp_metrics_plugin::{
     ProcessorConfig, Refusal, RequestHead, Telemetry, async_trait,
 };
 use mcp_metrics_processors::rate_limit::{Policy, RateLimitConfig};
-use mcp_metrics_store::Database;
 
 use crate::median_of;
 
@@ -30,7 +29,7 @@ const KEYS: usize = 64;
 const PER_KEY: usize = 1000;
 const FLOOD: usize = 128_000;
 
-/// Key ids no run has used (in this database, ever), so every run starts with full shared
+/// Key ids no run has used (the database is a fresh one), so every run starts with full shared
 /// buckets.
 static NEXT_KEY: AtomicI64 = AtomicI64::new(1);
 
@@ -64,13 +63,6 @@ pub async fn report(postgres: &str, runs: usize) -> anyhow::Result<()> {
         "rate limiter, {TASKS} tasks judging heads at once, medians of {runs} runs (per request)"
     );
     let postmaster = postmaster_pid(postgres).await?;
-    let Database::Postgres(store) = Database::open(postgres).await? else {
-        anyhow::bail!("--postgres names a SQLite file, not PostgreSQL");
-    };
-    let used: Option<i64> = sqlx::query_scalar("SELECT max(key_id) FROM rate_limit_buckets")
-        .fetch_one(store.pool())
-        .await?;
-    NEXT_KEY.store(used.unwrap_or(0) + 1, Ordering::Relaxed);
     for load in [
         Load::WithinLimit(1000),
         Load::WithinLimit(60_000),

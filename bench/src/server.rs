@@ -126,7 +126,7 @@ async fn rows(database: &Path) -> anyhow::Result<i64> {
 }
 
 /// When `/health` first answered 200.
-async fn wait_healthy(url: &str, child: &mut Child) -> anyhow::Result<Instant> {
+pub async fn wait_healthy(url: &str, child: &mut Child) -> anyhow::Result<Instant> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

@@ -38,7 +38,7 @@ pub fn body(n: usize, offset: usize) -> Vec<u8> {
 }
 
 /// The same mix as a batch of `n` decoded metrics, received at `at`.
-fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> Batch {
+pub fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> Batch {
     let context = RequestContext {
         request_id: "req_ceiling".into(),
         service: "auth-server".into(),

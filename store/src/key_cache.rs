@@ -1,21 +1,24 @@
-//! The active API keys, held in memory so that checking a key never waits on the database.
+//! The active API keys, held in memory so that checking a key never waits on the database. One
+//! cache per database per process: every component that checks keys against it (each pipeline's
+//! `auth`) shares it, so there is one key check, one cache and one `last_used_at` writer.
 //!
 //! The whole table is re-read every refresh interval, so a key deactivated by any tool is refused
 //! within one interval; on PostgreSQL also at once whenever the table changes (a trigger
 //! announces it with NOTIFY), so every replica follows a key made or revoked anywhere. With the
-//! database unreachable, the keys known are kept. A key the cache does not know is looked up once (a key made a moment ago
-//! works at once) and then remembered as unknown until the next refresh, so a flood of bad keys
-//! costs no more than one query each per interval, and at most `MAX_UNKNOWN` of them.
+//! database unreachable, the keys known are kept. A key the cache does not know is looked up
+//! once (a key made a moment ago works at once) and then remembered as unknown until the next
+//! refresh, so a flood of bad keys costs no more than one query each per interval, and at most
+//! `MAX_UNKNOWN` of them.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use mcp_metrics_plugin::{CancellationToken, KeyInfo};
 
 use crate::postgres::KEYS_CHANGED;
-use crate::{Database, PgStore, hash_key};
+use crate::{Database, Location, PgStore, hash_key};
 
 const MAX_UNKNOWN: usize = 10_000;
 
@@ -25,39 +28,61 @@ pub struct KeyCache {
     unknown: Mutex<HashSet<String>>,
     /// Ids of keys used since `last_used_at` was last written.
     used: Mutex<HashSet<i64>>,
+    /// Stops the tasks that keep it fresh, once the last component using it is gone.
+    stop: CancellationToken,
 }
 
+/// The caches in use, by database.
+static SHARED: Mutex<Vec<(Location, Weak<KeyCache>)>> = Mutex::new(Vec::new());
+static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl KeyCache {
-    /// Loads the keys and keeps them fresh every `refresh` until `shutdown`.
-    pub async fn start(
-        database: Database,
-        refresh: Duration,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Arc<KeyCache>> {
+    /// The cache of `database`'s keys: the one this process has, or a new one, loaded and kept
+    /// fresh every `refresh` (the first user's interval) for as long as anyone holds it.
+    pub async fn shared(database: Database, refresh: Duration) -> anyhow::Result<Arc<KeyCache>> {
+        let _one_at_a_time = MAKING.lock().await;
+        let location = database.location();
+        let existing = SHARED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(at, _)| *at == location)
+            .and_then(|(_, cache)| cache.upgrade());
+        if let Some(cache) = existing {
+            return Ok(cache);
+        }
+        let cache = KeyCache::start(database, refresh).await?;
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        shared.retain(|(_, cache)| cache.strong_count() > 0);
+        shared.push((location, Arc::downgrade(&cache)));
+        Ok(cache)
+    }
+
+    async fn start(database: Database, refresh: Duration) -> anyhow::Result<Arc<KeyCache>> {
         let cache = Arc::new(KeyCache {
             database: database.clone(),
             known: RwLock::new(HashMap::new()),
             unknown: Mutex::new(HashSet::new()),
             used: Mutex::new(HashSet::new()),
+            stop: CancellationToken::new(),
         });
         cache.refresh().await?;
+        let stop = cache.stop.clone();
         if let Database::Postgres(store) = &database {
-            tokio::spawn(follow_changes(
-                cache.clone(),
-                store.clone(),
-                shutdown.clone(),
-            ));
+            let follower = follow_changes(Arc::downgrade(&cache), store.clone(), stop.clone());
+            tokio::spawn(follower);
         }
-        let keeper = cache.clone();
+        let keeper = Arc::downgrade(&cache);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(refresh);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => break,
+                    _ = stop.cancelled() => break,
                 }
-                if let Err(error) = keeper.refresh().await {
+                let Some(cache) = keeper.upgrade() else { break };
+                if let Err(error) = cache.refresh().await {
                     tracing::warn!(%error, "cannot refresh API keys; keeping the ones known");
                 }
             }
@@ -132,25 +157,31 @@ impl KeyCache {
     }
 }
 
+impl Drop for KeyCache {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Refreshes the cache whenever PostgreSQL announces a change to `api_keys`. A lost connection
 /// is made again (the refresh interval covers the time between), and the cache is refreshed once
 /// it is back, for the changes made meanwhile.
-async fn follow_changes(cache: Arc<KeyCache>, store: Arc<PgStore>, shutdown: CancellationToken) {
+async fn follow_changes(cache: Weak<KeyCache>, store: Arc<PgStore>, stop: CancellationToken) {
     loop {
         tokio::select! {
             Err(error) = listen(&cache, &store) => {
                 tracing::warn!(%error, "cannot listen for key changes; trying again in 1 s");
             }
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         }
     }
 }
 
-async fn listen(cache: &KeyCache, store: &PgStore) -> Result<Infallible, sqlx::Error> {
+async fn listen(cache: &Weak<KeyCache>, store: &PgStore) -> Result<Infallible, sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect_with(store.pool()).await?;
     listener.listen(KEYS_CHANGED).await?;
     loop {
@@ -158,6 +189,9 @@ async fn listen(cache: &KeyCache, store: &PgStore) -> Result<Infallible, sqlx::E
         if listener.try_recv().await?.is_none() {
             tracing::debug!("key changes: connection lost, listening again");
         }
+        let Some(cache) = cache.upgrade() else {
+            return std::future::pending().await;
+        };
         if let Err(error) = cache.refresh().await {
             tracing::warn!(%error, "cannot refresh API keys; keeping the ones known");
         }

@@ -46,7 +46,7 @@ async fn policies_made_by_0002_keep_who_set_them() {
         "0002_admin_keys_env_keys_retention_policies.sql",
     ] {
         let from = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("migrations")
+            .join("migrations/sqlite")
             .join(name);
         std::fs::copy(from, first_two.join(name)).unwrap();
     }

@@ -276,12 +276,15 @@ fn check_histograms(exposition: &Exposition) {
         if family.kind != "histogram" {
             continue;
         }
+        // Every series' buckets, gathered in one pass (a scrape may have thousands of series).
+        let mut by_series: HashMap<BTreeMap<String, String>, Vec<(String, f64)>> = HashMap::new();
+        for (mut labels, value) in exposition.series(&format!("{name}_bucket")) {
+            let le = labels.remove("le").unwrap();
+            by_series.entry(labels).or_default().push((le, value));
+        }
         for (labels, count) in exposition.series(&format!("{name}_count")) {
-            let labels: Vec<(&str, &str)> = labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let buckets = exposition.buckets(name, &labels);
+            let mut buckets = by_series.remove(&labels).unwrap_or_default();
+            buckets.sort_by(|a, b| parse_value(&a.0).total_cmp(&parse_value(&b.0)));
             assert!(!buckets.is_empty(), "{name}{labels:?} has no buckets");
             assert!(
                 buckets.windows(2).all(|w| w[0].1 <= w[1].1),
@@ -290,6 +293,10 @@ fn check_histograms(exposition: &Exposition) {
             let last = buckets.last().unwrap();
             assert_eq!(last.0, "+Inf", "{name}{labels:?} has no +Inf bucket");
             assert_eq!(last.1, count, "{name}{labels:?}: +Inf bucket is not _count");
+            let labels: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             assert!(
                 exposition
                     .samples

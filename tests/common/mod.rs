@@ -306,9 +306,42 @@ pub fn print_config(env: &[(&str, &str)]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// [`spawn_with_config`], and the address of the scrape endpoint of exporter `prometheus`.
+pub async fn spawn_with_config_scraped(
+    config: &str,
+) -> (tempfile::TempDir, ServiceProcess, String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipelines.yaml");
+    std::fs::write(&path, config).unwrap();
+    let key = Store::open(dir.path().join("metrics.db"))
+        .await
+        .unwrap()
+        .create_key("svc", Some(1_000_000), false)
+        .await
+        .unwrap()
+        .1;
+    let (child, mut addresses, _log) = spawn_service_logging(
+        mcp_metrics(dir.path()).args(["run", "--config"]).arg(&path),
+        &["receiver=http", "exporter=prometheus"],
+    );
+    let scrape = addresses.pop().unwrap();
+    let address = addresses.pop().unwrap();
+    (dir, child, address, key, scrape)
+}
+
 /// Spawns the service and waits for the http receiver's address in its log; the log's lines
 /// keep arriving on the returned channel.
 pub fn spawn_service(command: &mut Command) -> (ServiceProcess, String, mpsc::Receiver<String>) {
+    let (child, mut addresses, log) = spawn_service_logging(command, &["receiver=http"]);
+    (child, addresses.pop().unwrap(), log)
+}
+
+/// Spawns the service and waits until it has logged the address of each component (as the log
+/// names it: `receiver=http`), in that order; the log's lines keep arriving on the channel.
+pub fn spawn_service_logging(
+    command: &mut Command,
+    components: &[&str],
+) -> (ServiceProcess, Vec<String>, mpsc::Receiver<String>) {
     let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let (lines, log) = mpsc::channel();
     let stderr = BufReader::new(child.stderr.take().unwrap());
@@ -317,21 +350,26 @@ pub fn spawn_service(command: &mut Command) -> (ServiceProcess, String, mpsc::Re
             let _ = lines.send(line);
         }
     });
+    let mut found: Vec<Option<String>> = vec![None; components.len()];
     while let Ok(line) = log.recv_timeout(Duration::from_secs(20)) {
-        if line.contains("receiver=http")
-            && let Some(at) = line.find("address=")
-        {
-            let address = line[at + "address=".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
-            return (ServiceProcess(child), address, log);
+        for (component, address) in components.iter().zip(&mut found) {
+            let tagged = line.split_whitespace().any(|field| field == *component);
+            if tagged && let Some(at) = line.find("address=") {
+                let value = line[at + "address=".len()..].split_whitespace().next();
+                *address = value.map(str::to_owned);
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            return (
+                ServiceProcess(child),
+                found.into_iter().flatten().collect(),
+                log,
+            );
         }
     }
     let _ = child.kill();
     let _ = child.wait();
-    panic!("the service did not log its address");
+    panic!("the service did not log the addresses of {components:?}");
 }
 
 /// A service process, killed if a test fails before stopping it (an orphan would keep the

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use mcp_metrics_plugin::{Metric, RequestContext};
 use opentelemetry::KeyValue;
 use serde_json::Value;
 
@@ -51,6 +52,21 @@ pub struct SeriesLabels {
 }
 
 impl LabelPolicy {
+    /// The labels of `metric`'s series: [`labels`](Self::labels) of its request's service, its
+    /// type, the key's service that `enrich` recorded, and its dimensions.
+    pub fn of(&self, context: &RequestContext, metric: &Metric) -> SeriesLabels {
+        let authenticated = metric
+            .metadata
+            .get(AUTHENTICATED_SERVICE)
+            .and_then(|v| v.as_str());
+        self.labels(
+            &context.service,
+            metric.metric_type.as_str(),
+            authenticated,
+            &metric.dimensions,
+        )
+    }
+
     /// `service`, `metric_type`, `authenticated_service` when given and not `service`, then the
     /// allowed dimensions sorted by key, each named as a valid Prometheus label and valued as
     /// text, until the next would pass [`MAX_DIMENSION_LABELS`] or [`MAX_SERIES_LABEL_BYTES`].

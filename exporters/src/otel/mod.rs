@@ -1,7 +1,8 @@
 //! What the `prometheus` and `otlp` exporters share: the instruments of the contract (per metric
-//! type a counter of values and a histogram of durations in seconds), how a metric's dimensions
-//! become labels, and the cap on series per metric. Each exporter instance records on a meter of
-//! its own `SdkMeterProvider`, so two instances never share state.
+//! type a counter of values and a histogram of durations in seconds) and how a metric's
+//! dimensions become labels. The `otlp` exporter records with a [`Recorder`] on a meter of its
+//! own `SdkMeterProvider`, capped in series per metric; the `prometheus` exporter keeps its series
+//! itself, so they can expire (`prometheus::series`). Two instances never share state.
 
 pub mod labels;
 pub mod settings;
@@ -38,6 +39,14 @@ pub fn instrument_names(metric_type: MetricType) -> (&'static str, &'static str)
     }
 }
 
+/// The position of `metric_type` in [`MetricType::ALL`], for arrays kept per metric type.
+pub fn type_index(metric_type: MetricType) -> usize {
+    MetricType::ALL
+        .iter()
+        .position(|t| *t == metric_type)
+        .unwrap_or(0)
+}
+
 /// How an exporter turns metrics into series.
 #[derive(Debug, Clone)]
 pub struct RecorderSettings {
@@ -66,7 +75,7 @@ pub fn cardinality_view(limit: usize) -> impl Fn(&Instrument) -> Option<Stream> 
     }
 }
 
-/// The instruments of one exporter instance and the series each metric type has so far.
+/// The instruments of one `otlp` exporter instance and the series each metric type has so far.
 pub struct Recorder {
     exporter: String,
     telemetry: Telemetry,
@@ -122,21 +131,9 @@ impl Recorder {
         let mut overflowed = [0usize; MetricType::ALL.len()];
         let mut dimensions_dropped = [0usize; MetricType::ALL.len()];
         for (context, metric) in batch.metrics() {
-            let index = MetricType::ALL
-                .iter()
-                .position(|t| *t == metric.metric_type)
-                .unwrap_or(0);
+            let index = type_index(metric.metric_type);
             let stream = &self.streams[index];
-            let authenticated = metric
-                .metadata
-                .get(labels::AUTHENTICATED_SERVICE)
-                .and_then(|v| v.as_str());
-            let series = self.labels.labels(
-                &context.service,
-                metric.metric_type.as_str(),
-                authenticated,
-                &metric.dimensions,
-            );
+            let series = self.labels.of(context, metric);
             if series.dimensions_dropped {
                 dimensions_dropped[index] += 1;
             }

@@ -7,9 +7,12 @@ use mcp_metrics_plugin::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::otel::{Buckets, LabelPolicy, RecorderSettings};
+use bytesize::ByteSize;
+
+use crate::otel::{Buckets, LabelPolicy};
 
 use super::PrometheusExporter;
+use super::series;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +33,13 @@ pub struct PrometheusConfig {
     /// Most series (label sets) per metric type; points that would make more are counted in one
     /// overflow series (`otel_metric_overflow="true"`) and in a self-metric.
     pub cardinality_limit: usize,
+    /// Most bytes of one scrape: a new series is made only while the most its lines can take
+    /// fits beside the others'; else its points go to the overflow series.
+    pub max_scrape_size: ByteSize,
+    /// A series not updated for this long is dropped (the overflow series too), so its place is
+    /// free again: the OpenTelemetry Collector's `metric_expiration`.
+    #[serde(with = "humantime_serde")]
+    pub metric_expiration: Duration,
     /// Also show the service's own telemetry (receivers, queues, exporters) on this endpoint.
     pub self_telemetry: bool,
     /// The resource's `service.name`, shown as `target_info{service_name=...}`.
@@ -57,6 +67,8 @@ impl Default for PrometheusConfig {
             histogram_buckets: Buckets::default(),
             dimension_keys: None,
             cardinality_limit: 1000,
+            max_scrape_size: ByteSize::mib(8),
+            metric_expiration: Duration::from_secs(5 * 60),
             self_telemetry: true,
             service_name: "mcp-metrics-service".into(),
             header_read_timeout: Duration::from_secs(10),
@@ -76,16 +88,26 @@ impl PrometheusConfig {
         }
     }
 
-    pub fn recorder_settings(&self) -> RecorderSettings {
-        RecorderSettings {
-            buckets: self.histogram_buckets.clone(),
-            labels: LabelPolicy {
-                allow: self.dimension_keys.clone(),
-            },
+    pub fn labels(&self) -> LabelPolicy {
+        LabelPolicy {
+            allow: self.dimension_keys.clone(),
+        }
+    }
+
+    pub fn series_settings(&self) -> series::Settings {
+        series::Settings {
+            buckets: self.histogram_buckets.0.clone(),
             cardinality_limit: self.cardinality_limit,
+            max_scrape_bytes: usize::try_from(self.max_scrape_size.as_u64()).unwrap_or(usize::MAX),
+            expiration: self.metric_expiration,
         }
     }
 }
+
+/// The range of `max_scrape_size`: room for the service's own telemetry and some series, up to
+/// what no scraper should be asked to take.
+const MIN_SCRAPE_SIZE: ByteSize = ByteSize::kib(256);
+const MAX_SCRAPE_SIZE: ByteSize = ByteSize::gib(1);
 
 impl ComponentConfig for PrometheusConfig {
     fn validate(&self) -> Vec<String> {
@@ -106,6 +128,14 @@ impl ComponentConfig for PrometheusConfig {
         }
         if !(1..=100_000).contains(&self.max_connections) {
             problems.push("max_connections: must be from 1 to 100000".into());
+        }
+        if !(MIN_SCRAPE_SIZE..=MAX_SCRAPE_SIZE).contains(&self.max_scrape_size) {
+            problems.push("max_scrape_size: must be from 256KiB to 1GiB".into());
+        }
+        if self.metric_expiration < Duration::from_secs(1)
+            || self.metric_expiration > Duration::from_secs(30 * 24 * 3600)
+        {
+            problems.push("metric_expiration: must be from 1s to 30d".into());
         }
         if !(1..=1_000).contains(&self.max_concurrent_scrapes) {
             problems.push("max_concurrent_scrapes: must be from 1 to 1000".into());

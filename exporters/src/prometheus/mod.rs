@@ -1,14 +1,19 @@
 //! `prometheus`: a scrape endpoint (default `0.0.0.0:9465/metrics`) in the Prometheus text
-//! format. Metrics are recorded in OpenTelemetry instruments on a `SdkMeterProvider` of this
-//! instance alone, read through `opentelemetry-prometheus` into a `prometheus` registry of its own,
-//! so two `prometheus/...` exporters never mix. The service's own telemetry shows here too.
+//! format. The series of the metrics it gets are kept in a [`SeriesTable`] of this instance alone
+//! (bounded in bytes, expiring when not updated); the service's own telemetry is recorded in
+//! OpenTelemetry instruments on a `SdkMeterProvider` of this instance, read through
+//! `opentelemetry-prometheus` into a `prometheus` registry of its own. So two `prometheus/...`
+//! exporters never mix.
 
 mod config;
+pub mod series;
 
 pub use config::PrometheusConfig;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -16,7 +21,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use mcp_metrics_plugin::telemetry::TelemetryGuard;
-use mcp_metrics_plugin::{Batch, BoxError, BuildContext, ExportError, Exporter, async_trait};
+use mcp_metrics_plugin::{
+    Batch, BoxError, BuildContext, ExportError, Exporter, MetricType, async_trait,
+};
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -24,7 +31,8 @@ use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::otel::{self, Recorder};
+use crate::otel::{self, LabelPolicy};
+use series::{Point, SeriesTable};
 
 pub struct PrometheusExporter {
     /// `None` when the exporter is disabled.
@@ -35,7 +43,10 @@ struct Running {
     addr: SocketAddr,
     /// Dropping it shuts the instruments down.
     _provider: SdkMeterProvider,
-    recorder: Recorder,
+    exporter: String,
+    telemetry: mcp_metrics_plugin::Telemetry,
+    labels: LabelPolicy,
+    series: Arc<SeriesTable>,
     /// Keeps the service's telemetry recorded here while the exporter lives.
     _telemetry: Option<TelemetryGuard>,
 }
@@ -68,15 +79,19 @@ impl PrometheusExporter {
                     .with_service_name(config.service_name.clone())
                     .build(),
             )
-            .with_view(otel::cardinality_view(config.cardinality_limit))
             .build();
         let meter = provider.meter("mcp-metrics");
-        let recorder = Recorder::new(&meter, cx, &config.recorder_settings());
         let guard = config.self_telemetry.then(|| cx.telemetry.attach(&meter));
+        let series = Arc::new(SeriesTable::new(config.series_settings(), Instant::now()));
 
         let scrapes = Arc::new(Scrapes {
+            exporter: cx.id.clone(),
             registry,
+            series: series.clone(),
             running: Arc::new(Semaphore::new(config.max_concurrent_scrapes)),
+            max_bytes: usize::try_from(config.max_scrape_size.as_u64()).unwrap_or(usize::MAX),
+            warned: AtomicBool::new(false),
+            last_bytes: AtomicUsize::new(0),
         });
         let router = Router::new()
             .route(&config.path, get(scrape))
@@ -92,7 +107,10 @@ impl PrometheusExporter {
             running: Some(Running {
                 addr,
                 _provider: provider,
-                recorder,
+                exporter: cx.id.clone(),
+                telemetry: cx.telemetry.clone(),
+                labels: config.labels(),
+                series,
                 _telemetry: guard,
             }),
         })
@@ -101,8 +119,17 @@ impl PrometheusExporter {
 
 /// What a scrape reads, and how many scrapes may run at once.
 struct Scrapes {
+    exporter: String,
+    /// The service's own telemetry and `target_info`.
     registry: prometheus::Registry,
+    series: Arc<SeriesTable>,
     running: Arc<Semaphore>,
+    max_bytes: usize,
+    /// Whether a scrape over `max_bytes` was logged already.
+    warned: AtomicBool,
+    /// Bytes of the last scrape: the next one's buffer starts about as large, so it is not grown
+    /// by doubling (copying megabytes and holding both copies a moment).
+    last_bytes: AtomicUsize,
 }
 
 async fn scrape(State(scrapes): State<Arc<Scrapes>>) -> Response {
@@ -114,14 +141,27 @@ async fn scrape(State(scrapes): State<Arc<Scrapes>>) -> Response {
         )
             .into_response();
     };
-    let registry = scrapes.registry.clone();
     let encoded = tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let mut families = scrapes.registry.gather();
+        families.extend(scrapes.series.families(Instant::now()));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let encoder = TextEncoder::new();
-        let mut body = Vec::new();
-        encoder
-            .encode(&registry.gather(), &mut body)
-            .map(|()| (encoder.format_type().to_owned(), body))
+        let last = scrapes.last_bytes.load(Ordering::Relaxed);
+        let mut body = Vec::with_capacity(last + last / 8);
+        encoder.encode(&families, &mut body)?;
+        scrapes.last_bytes.store(body.len(), Ordering::Relaxed);
+        // Only the service's own telemetry can pass the reserve it is given; the series clients
+        // make are held to the budget when made.
+        if body.len() > scrapes.max_bytes && !scrapes.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                exporter = %scrapes.exporter,
+                bytes = body.len(),
+                max_scrape_size = scrapes.max_bytes,
+                "a scrape was larger than max_scrape_size; raise it"
+            );
+        }
+        Ok::<_, prometheus::Error>((encoder.format_type().to_owned(), body))
     })
     .await;
     match encoded {
@@ -133,6 +173,55 @@ async fn scrape(State(scrapes): State<Arc<Scrapes>>) -> Response {
     }
 }
 
+impl Running {
+    /// Adds every metric of the batch to its series: its value to its type's counter (when it is
+    /// a number a counter takes: finite, not negative), its duration to its type's histogram
+    /// (when it is a time: finite, not negative).
+    fn record(&self, batch: &Batch) {
+        let mut dimensions_dropped = [0usize; MetricType::ALL.len()];
+        let points: Vec<Point> = batch
+            .metrics()
+            .map(|(context, metric)| {
+                let type_index = otel::type_index(metric.metric_type);
+                let series = self.labels.of(context, metric);
+                if series.dimensions_dropped {
+                    dimensions_dropped[type_index] += 1;
+                }
+                let mut labels: Vec<(String, String)> = series
+                    .labels
+                    .into_iter()
+                    .map(|kv| (kv.key.as_str().to_owned(), kv.value.as_str().into_owned()))
+                    .collect();
+                labels.sort_unstable();
+                Point {
+                    type_index,
+                    labels,
+                    value: Some(metric.value).filter(|v| v.is_finite() && *v >= 0.0),
+                    seconds: metric
+                        .duration_ms
+                        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                        .map(|ms| ms / 1000.0),
+                }
+            })
+            .collect();
+        let overflowed = self.series.record(Instant::now(), points);
+        for (index, metric_type) in MetricType::ALL.into_iter().enumerate() {
+            let metric_type = metric_type.as_str();
+            if overflowed[index] > 0 {
+                self.telemetry
+                    .cardinality_overflow(&self.exporter, metric_type, overflowed[index]);
+            }
+            if dimensions_dropped[index] > 0 {
+                self.telemetry.dimensions_dropped(
+                    &self.exporter,
+                    metric_type,
+                    dimensions_dropped[index],
+                );
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Exporter for PrometheusExporter {
     fn is_enabled(&self) -> bool {
@@ -141,7 +230,7 @@ impl Exporter for PrometheusExporter {
 
     async fn export(&self, batch: &Batch) -> Result<(), ExportError> {
         if let Some(running) = &self.running {
-            running.recorder.record(batch);
+            running.record(batch);
         }
         Ok(())
     }

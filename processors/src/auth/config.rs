@@ -51,7 +51,7 @@ impl ComponentConfig for AuthConfig {
 impl ProcessorConfig for AuthConfig {
     async fn build(
         &self,
-        cx: &BuildContext,
+        _cx: &BuildContext,
         next: Arc<dyn Consumer>,
     ) -> Result<Arc<dyn Processor>, BoxError> {
         let database = Database::open(&self.database).await?;
@@ -59,7 +59,7 @@ impl ProcessorConfig for AuthConfig {
             let vars: Vec<_> = std::env::vars().collect();
             register_env_keys(&database, &self.env_key_prefix, vars.into_iter()).await?;
         }
-        let keys = KeyCache::start(database, self.refresh_interval, cx.shutdown.clone()).await?;
+        let keys = KeyCache::shared(database, self.refresh_interval).await?;
         Ok(Arc::new(AuthProcessor { keys, next }))
     }
 }

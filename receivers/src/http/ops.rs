@@ -13,41 +13,28 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
-use mcp_metrics_plugin::{BoxError, BuildContext, KeyInfo, Reason, ServiceControl};
-use mcp_metrics_store::{Database, KeyCache, MAX_RETENTION_DAYS, metric_table};
+use mcp_metrics_plugin::{BoxError, KeyInfo, RateLimitState, Reason, ServiceControl};
+use mcp_metrics_store::{Database, MAX_RETENTION_DAYS, metric_table};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::wire::{HttpError, body_refusal, error_reply, request_id, success_reply};
-use super::{App, admit, credential};
+use super::{App, admit};
 
 /// How long `POST /flush` waits for the exporters.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the operator endpoints act on. Callers are checked by the pipelines' own admission
+/// (the `auth` processor's key cache), never by a second key check of their own.
 pub struct Ops {
     database: Database,
-    keys: Arc<KeyCache>,
     control: Arc<dyn ServiceControl>,
 }
 
 impl Ops {
-    pub async fn start(
-        cx: &BuildContext,
-        control: Arc<dyn ServiceControl>,
-        database: &str,
-    ) -> Result<Ops, BoxError> {
+    pub async fn start(control: Arc<dyn ServiceControl>, database: &str) -> Result<Ops, BoxError> {
         let database = Database::open(database).await?;
-        let keys = KeyCache::start(
-            database.clone(),
-            Duration::from_secs(2),
-            cx.shutdown.clone(),
-        )
-        .await?;
-        Ok(Ops {
-            database,
-            keys,
-            control,
-        })
+        Ok(Ops { database, control })
     }
 }
 
@@ -65,7 +52,7 @@ pub fn routes() -> Router<Arc<App>> {
 }
 
 async fn reload(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    guarded(&app, &headers, true, |ops, _| async move {
+    guarded(&app, &headers, true, |ops, _, _| async move {
         match ops.control.reload().await {
             Ok(summary) => Ok(json!({"message": summary})),
             Err(errors) => Err(HttpError::new(
@@ -78,10 +65,11 @@ async fn reload(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     .await
 }
 
-/// Runs `answer` for a caller with an active key (an admin key if `admin`), and replies.
+/// Runs `answer` for a caller the pipelines would admit (spending nothing) with an active key (an
+/// admin key if `admin`), and replies.
 async fn guarded<F, Fut>(app: &App, headers: &HeaderMap, admin: bool, answer: F) -> Response
 where
-    F: FnOnce(Arc<Ops>, KeyInfo) -> Fut,
+    F: FnOnce(Arc<Ops>, KeyInfo, Option<RateLimitState>) -> Fut,
     Fut: Future<Output = Result<Value, HttpError>>,
 {
     let request_id = request_id();
@@ -94,7 +82,7 @@ where
         return error_reply(&error, &request_id, None);
     };
     let result = async {
-        let key = authenticate(&ops, headers).await?;
+        let (key, standing) = authenticate(app, headers).await?;
         if admin && !key.is_admin {
             return Err(HttpError::new(
                 StatusCode::FORBIDDEN,
@@ -102,7 +90,7 @@ where
                 "this endpoint needs an admin key (keys create --admin)",
             ));
         }
-        answer(ops, key).await
+        answer(ops, key, standing).await
     }
     .await;
     match result {
@@ -111,28 +99,20 @@ where
     }
 }
 
-async fn authenticate(ops: &Ops, headers: &HeaderMap) -> Result<KeyInfo, HttpError> {
-    let Some(key) = credential(headers) else {
-        return Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_api_key",
-            "API key is required in the X-API-Key header",
-        ));
-    };
-    match ops.keys.lookup(key).await {
-        Ok(Some(info)) => Ok(info),
-        Ok(None) => Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "API key is invalid or expired",
+/// The caller's key, as the pipelines' admission found it, and its rate-limit standing.
+async fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<(KeyInfo, Option<RateLimitState>), HttpError> {
+    let admitted = admit(app, headers, true).await.map_err(HttpError::from)?;
+    let head = admitted.head();
+    match &head.key {
+        Some(key) => Ok((key.clone(), head.standing)),
+        None => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "operator endpoints need the auth processor in a pipeline of this receiver",
         )),
-        Err(error) => {
-            tracing::error!(%error, "cannot check API key");
-            Err(HttpError::unavailable(
-                "cannot check the API key right now",
-                Duration::from_secs(1),
-            ))
-        }
     }
 }
 
@@ -143,9 +123,7 @@ fn database_error(error: sqlx::Error) -> HttpError {
 
 /// The caller's standing as the pipelines would judge a request of its now, spending nothing.
 async fn rate_limit(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let look = admit(&app, &headers, true).await;
-    guarded(&app, &headers, false, |_, key| async move {
-        let state = look.ok().and_then(|admitted| admitted.head().standing);
+    guarded(&app, &headers, false, |_, key, state| async move {
         let (limit, remaining, reset) = (
             state.map(|s| s.limit),
             state.map(|s| s.remaining),
@@ -174,7 +152,7 @@ async fn flush(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     {
         return error_reply(&HttpError::from(refusal), &request_id(), Some(standing));
     }
-    guarded(&app, &headers, false, |ops, _| async move {
+    guarded(&app, &headers, false, |ops, _, _| async move {
         if ops.control.flush(FLUSH_TIMEOUT).await {
             Ok(json!({"message": "everything held was handed to the exporters and exported"}))
         } else {
@@ -188,7 +166,7 @@ async fn flush(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 }
 
 async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    guarded(&app, &headers, true, |ops, _| async move {
+    guarded(&app, &headers, true, |ops, _, _| async move {
         let policies = ops
             .database
             .retention_policies()
@@ -295,7 +273,7 @@ async fn set_policy(
     query: Params,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    guarded(&app, &headers, true, |ops, _| async move {
+    guarded(&app, &headers, true, |ops, _, _| async move {
         let Path(table) = table.map_err(|r| {
             HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
         })?;
@@ -312,7 +290,7 @@ async fn set_policy(
 }
 
 async fn preview(State(app): State<Arc<App>>, headers: HeaderMap, query: Params) -> Response {
-    guarded(&app, &headers, true, |ops, _| async move {
+    guarded(&app, &headers, true, |ops, _, _| async move {
         let params = params(query)?;
         retention(ops, table_param(&params)?, true).await
     })
@@ -320,7 +298,7 @@ async fn preview(State(app): State<Arc<App>>, headers: HeaderMap, query: Params)
 }
 
 async fn cleanup(State(app): State<Arc<App>>, headers: HeaderMap, query: Params) -> Response {
-    guarded(&app, &headers, true, |ops, _| async move {
+    guarded(&app, &headers, true, |ops, _, _| async move {
         let params = params(query)?;
         let table = table_param(&params)?;
         // A dry run unless asked otherwise, as in the Python service: deleting takes intent.
@@ -352,7 +330,7 @@ async fn retention(
 }
 
 async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    guarded(&app, &headers, true, |ops, _| async move {
+    guarded(&app, &headers, true, |ops, _, _| async move {
         let tables = ops.database.table_stats().await.map_err(database_error)?;
         let tables: Vec<Value> = tables
             .into_iter()
@@ -364,7 +342,7 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 }
 
 async fn size(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    guarded(&app, &headers, true, |ops, _| async move {
+    guarded(&app, &headers, true, |ops, _, _| async move {
         let size = ops.database.size().await.map_err(database_error)?;
         Ok(json!({
             "path": size.path,

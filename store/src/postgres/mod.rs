@@ -3,9 +3,12 @@
 //! an advisory lock around them).
 
 mod admin;
+mod copy;
 mod keys;
 mod rate_limit;
 mod rows;
+
+pub use rows::PgWrite;
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -48,8 +51,8 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .min_connections(1)
-            // A database that is down is a retryable export, not a hung one.
-            .acquire_timeout(Duration::from_secs(5))
+            // A database that is down fails an export (to be retried) within 2 s, not hangs it.
+            .acquire_timeout(Duration::from_secs(2))
             .connect(url)
             .await
             .with_context(|| format!("cannot connect to {location}"))?;
