@@ -6,6 +6,7 @@
 
 mod load;
 mod postgres;
+mod rate_limit;
 mod server;
 mod wire;
 
@@ -47,7 +48,8 @@ pub struct Options {
     /// Scenarios to run: `overload` (every batch size, clients resending every refusal at
     /// once), `refusal` (a wrong key, flat out: the CPU a refusal costs), `steady` (a steady
     /// `--steady-rate`: CPU and memory at an ordinary load), `durable` (each overload run again
-    /// with `acknowledgements: true`, right after it).
+    /// with `acknowledgements: true`, right after it); with `--postgres`, `postgres` and
+    /// `rate-limit` (see there).
     #[arg(
         long,
         value_delimiter = ',',
@@ -59,7 +61,9 @@ pub struct Options {
     pub steady_rate: u64,
     /// A PostgreSQL server (`postgres://user@host:port/db`, a user that may create databases):
     /// adds the `postgres` scenario, two replicas on a fresh database of it, batches of 100,
-    /// against COPY and the service's own writer in the same run.
+    /// against COPY and the service's own writer in the same run; and the `rate-limit` one, the
+    /// rate limiter's cost per request with the fleet policy against the local one (the server
+    /// on this machine, whose CPU is counted too). Name one in `--scenarios` for it alone.
     #[arg(long)]
     pub postgres: Option<String>,
 }
@@ -118,6 +122,20 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let wants = |name: &str| options.scenarios.iter().any(|s| s == name);
+    // --postgres adds both PostgreSQL scenarios, unless one is named.
+    let one_named = wants("postgres") || wants("rate-limit");
+    let postgres_wants = |name: &str| options.postgres.is_some() && (wants(name) || !one_named);
+    if wants("rate-limit") && options.postgres.is_none() {
+        anyhow::bail!("the rate-limit scenario needs --postgres postgres://user@host:port/db");
+    }
+    if let (true, Some(server)) = (postgres_wants("rate-limit"), &options.postgres) {
+        let name = format!("mcp_metrics_bench_{}_rate_limit", std::process::id());
+        rate_limit::report(
+            &postgres::fresh_database(server, &name).await?,
+            options.runs,
+        )
+        .await?;
+    }
     if wants("refusal") && options.url.is_none() {
         for &batch in &options.batches {
             let load = Load::flat_out(batch, &options);
@@ -134,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
         };
         report_steady(&options, &runs_of(load, Caller::Keyed).await?);
     }
-    if let Some(server) = &options.postgres {
+    if let (true, Some(server)) = (postgres_wants("postgres"), &options.postgres) {
         postgres::scenario(&options, server, 100).await?;
     }
     let batches = if wants("overload") {

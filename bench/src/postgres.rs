@@ -92,7 +92,7 @@ pub async fn scenario(options: &Options, server_url: &str, batch: usize) -> anyh
 }
 
 /// A new, empty database on the server `url` names; its URL.
-async fn fresh_database(url: &str, name: &str) -> anyhow::Result<String> {
+pub async fn fresh_database(url: &str, name: &str) -> anyhow::Result<String> {
     let mut connection = sqlx::PgConnection::connect(url).await?;
     let create = format!("CREATE DATABASE {name}");
     sqlx::query(sqlx::AssertSqlSafe(create))

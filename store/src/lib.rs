@@ -32,7 +32,7 @@ pub use key_cache::KeyCache;
 pub use keys::{EnvKeyChange, KeyRecord, generate_key, hash_key};
 pub use location::Location;
 pub use migrate::migrate;
-pub use postgres::{KEYS_CHANGED, PgStore, PgWrite};
+pub use postgres::{KEYS_CHANGED, Lease, PgStore, PgWrite};
 pub use retention::{
     MAX_RETENTION_DAYS, RetentionPolicy, RetentionRun, metric_table, retention_cutoff,
 };

@@ -1,12 +1,15 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Consumer, Processor, ProcessorConfig,
     ProcessorRegistration, async_trait, inventory,
 };
+use mcp_metrics_store::{Database, Location};
 use serde::{Deserialize, Serialize};
 
 use super::RateLimitProcessor;
+use super::fleet::Fleet;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -15,6 +18,30 @@ pub struct RateLimitConfig {
     pub default_limit: u32,
     /// Most callers tracked at once; idle ones (full bucket) are forgotten first.
     pub max_tracked_keys: usize,
+    /// The database the replicas share (DATABASE_URL): with PostgreSQL, a key's limit holds for
+    /// the whole fleet. A SQLite path or none: each replica limits alone.
+    pub database: Option<String>,
+    /// `local` (each replica limits alone) or `fleet` (a key's limit holds across every replica
+    /// sharing `database`, which must be PostgreSQL). None: `fleet` when `database` is
+    /// PostgreSQL, else `local`.
+    pub policy: Option<Policy>,
+    /// Fleet: the most tokens a replica holds unspent, in percent of a key's limit (at least
+    /// one request). The fleet may admit up to replicas × this over the limit.
+    pub lease_percent: f64,
+    /// Fleet: a lease not answered within this counts as PostgreSQL unreachable, and the
+    /// replica limits alone until it answers again.
+    #[serde(with = "humantime_serde")]
+    pub lease_timeout: Duration,
+    /// Fleet: while PostgreSQL is unreachable, how often it is tried again.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Local,
+    Fleet,
 }
 
 impl Default for RateLimitConfig {
@@ -22,6 +49,32 @@ impl Default for RateLimitConfig {
         RateLimitConfig {
             default_limit: 1000,
             max_tracked_keys: 10_000,
+            database: None,
+            policy: None,
+            lease_percent: 1.0,
+            lease_timeout: Duration::from_millis(500),
+            retry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Bounds of the numeric keys, checked at start-up.
+const LEASE_PERCENT: (f64, f64) = (0.01, 10.0);
+const LEASE_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
+const RETRY_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+
+impl RateLimitConfig {
+    /// The policy in force: the one given, else `fleet` exactly when the database is shared.
+    pub fn effective_policy(&self) -> Policy {
+        let shared = self
+            .database
+            .as_deref()
+            .and_then(|d| Location::parse(d).ok())
+            .is_some_and(|l| l.is_postgres());
+        match self.policy {
+            Some(policy) => policy,
+            None if shared => Policy::Fleet,
+            None => Policy::Local,
         }
     }
 }
@@ -35,6 +88,49 @@ impl ComponentConfig for RateLimitConfig {
         if self.max_tracked_keys == 0 {
             problems.push("max_tracked_keys: must be at least 1".into());
         }
+        let location = match self.database.as_deref().map(Location::parse) {
+            Some(Err(problem)) => {
+                problems.push(format!("database: {problem}"));
+                None
+            }
+            Some(Ok(location)) => Some(location),
+            None => None,
+        };
+        if self.policy == Some(Policy::Fleet) {
+            match &location {
+                Some(Location::Postgres(_)) => {}
+                Some(Location::Sqlite(path)) => problems.push(format!(
+                    "policy: fleet needs a PostgreSQL database shared by the replicas, but \
+                     database is the SQLite file {}; use policy: local",
+                    path.display()
+                )),
+                None if self.database.is_none() => problems.push(
+                    "policy: fleet needs database: the PostgreSQL URL the replicas share".into(),
+                ),
+                None => {}
+            }
+        }
+        let (low, high) = LEASE_PERCENT;
+        if !(low..=high).contains(&self.lease_percent) {
+            problems.push(format!(
+                "lease_percent: must be from {low} to {high} (percent of a key's limit a replica \
+                 holds at most), not {}",
+                self.lease_percent
+            ));
+        }
+        for (key, value, (low, high)) in [
+            ("lease_timeout", self.lease_timeout, LEASE_TIMEOUT),
+            ("retry_interval", self.retry_interval, RETRY_INTERVAL),
+        ] {
+            if !(low..=high).contains(&value) {
+                problems.push(format!(
+                    "{key}: must be from {} to {}, not {}",
+                    humantime::format_duration(low),
+                    humantime::format_duration(high),
+                    humantime::format_duration(value)
+                ));
+            }
+        }
         problems
     }
 }
@@ -46,11 +142,62 @@ impl ProcessorConfig for RateLimitConfig {
         cx: &BuildContext,
         next: Arc<dyn Consumer>,
     ) -> Result<Arc<dyn Processor>, BoxError> {
-        Ok(Arc::new(RateLimitProcessor::new(self, cx, next)))
+        let fleet = match (self.effective_policy(), self.database.as_deref()) {
+            (Policy::Fleet, Some(database)) => match Database::open(database).await? {
+                Database::Postgres(store) => Some(Fleet::start(store, self, cx)),
+                // validate() refuses fleet on SQLite.
+                Database::Sqlite(_) => None,
+            },
+            _ => None,
+        };
+        Ok(Arc::new(RateLimitProcessor::new(self, cx, fleet, next)))
     }
 }
 
 inventory::submit!(ProcessorRegistration::of::<RateLimitConfig>(
     "rate_limit",
-    "limits requests per minute per API key (GCRA); 429 with Retry-After over the limit"
+    "limits requests per minute per API key (GCRA); 429 with Retry-After over the limit; \
+     fleet-wide with a PostgreSQL database"
 ));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> RateLimitConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_policy_follows_the_database_unless_given() {
+        let pg = "database: postgres://u@db/m";
+        assert_eq!(config(pg).effective_policy(), Policy::Fleet);
+        assert_eq!(
+            config(&format!("{pg}\npolicy: local")).effective_policy(),
+            Policy::Local
+        );
+        assert_eq!(
+            config("database: ./data/metrics.db").effective_policy(),
+            Policy::Local
+        );
+        assert_eq!(config("{}").effective_policy(), Policy::Local);
+        assert!(config(pg).validate().is_empty());
+    }
+
+    #[test]
+    fn fleet_without_postgres_and_out_of_range_keys_are_refused() {
+        let problems = config("policy: fleet").validate();
+        assert!(problems[0].contains("needs database"), "{problems:?}");
+        let problems = config("policy: fleet\ndatabase: sqlite:///m.db").validate();
+        assert!(problems[0].contains("SQLite file /m.db"), "{problems:?}");
+        let problems = config(
+            "database: postgres://db/m\nlease_percent: 0\nlease_timeout: 0s\nretry_interval: 2h",
+        )
+        .validate();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("lease_percent: must be from 0.01 to 10"));
+        assert!(problems[1].starts_with("lease_timeout: must be from 1ms to 1m"));
+        assert!(problems[2].contains("not 2h"), "{problems:?}");
+        assert!(!config("lease_percent: .nan").validate().is_empty());
+    }
+}

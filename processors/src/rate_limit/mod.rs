@@ -3,10 +3,13 @@
 //! minute (GCRA, through `governor`), so there is no double burst at a window's edge. It judges
 //! a request from its head, before the body is read: the caller's standing goes back to the
 //! client with every answer; over the limit, the request is refused as rate-limited.
+//!
+//! With the `fleet` policy a key's bucket is shared by every replica, in PostgreSQL (`fleet`).
 
 mod config;
+mod fleet;
 
-pub use config::RateLimitConfig;
+pub use config::{Policy, RateLimitConfig};
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -22,11 +25,16 @@ use mcp_metrics_plugin::{
     RequestHead, Telemetry, async_trait,
 };
 
+use fleet::Fleet;
+
 pub struct RateLimitProcessor {
     telemetry: Telemetry,
     default_limit: u32,
     max_tracked: usize,
     limiters: Mutex<HashMap<String, Limiter>>,
+    /// The shared buckets, with the `fleet` policy: keys are judged there, callers without a key
+    /// (a pipeline without `auth`) here.
+    fleet: Option<Arc<Fleet>>,
     next: Arc<dyn Consumer>,
 }
 
@@ -61,10 +69,10 @@ impl Consumer for RateLimitProcessor {
 impl Processor for RateLimitProcessor {
     async fn admit(&self, head: &mut RequestHead) -> Result<(), Refusal> {
         if head.look_only {
-            head.standing = Some(self.look(head));
+            head.standing = Some(self.look(head).await);
             return Ok(());
         }
-        let verdict = self.check(head);
+        let verdict = self.check(head).await;
         head.standing = Some(verdict.standing);
         if verdict.allowed {
             return Ok(());
@@ -85,32 +93,10 @@ impl Processor for RateLimitProcessor {
 }
 
 impl RateLimitProcessor {
-    /// The caller's standing, without using up a request.
-    fn look(&self, head: &RequestHead) -> RateLimitState {
-        let (caller, per_minute) = self.caller(head);
-        let limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-        let remaining = match limiters.get(&caller) {
-            Some(limiter) if limiter.per_minute == per_minute => {
-                // The bucket refills one request per `refill` since it was last used.
-                let refill = Duration::from_secs(60) / per_minute;
-                let refilled = limiter.last_seen.elapsed().as_nanos() / refill.as_nanos().max(1);
-                let refilled = u32::try_from(refilled).unwrap_or(u32::MAX);
-                limiter.remaining.saturating_add(refilled).min(per_minute)
-            }
-            _ => per_minute,
-        };
-        RateLimitState {
-            limit: per_minute,
-            remaining,
-            reset_seconds: seconds_up(
-                Duration::from_secs(60) / per_minute * (per_minute - remaining),
-            ),
-        }
-    }
-
     fn new(
         config: &RateLimitConfig,
         cx: &BuildContext,
+        fleet: Option<Arc<Fleet>>,
         next: Arc<dyn Consumer>,
     ) -> RateLimitProcessor {
         RateLimitProcessor {
@@ -118,7 +104,21 @@ impl RateLimitProcessor {
             default_limit: config.default_limit,
             max_tracked: config.max_tracked_keys,
             limiters: Mutex::new(HashMap::new()),
+            fleet,
             next,
+        }
+    }
+
+    /// The caller's standing, without using up a request.
+    async fn look(&self, head: &RequestHead) -> RateLimitState {
+        let (caller, per_minute) = self.caller(head);
+        if let (Some(fleet), Some(key)) = (&self.fleet, &head.key) {
+            return fleet.look(key.id, per_minute).await;
+        }
+        let limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        match limiters.get(&caller) {
+            Some(limiter) if limiter.per_minute == per_minute => limiter.look(),
+            _ => full(per_minute),
         }
     }
 
@@ -138,21 +138,15 @@ impl RateLimitProcessor {
     }
 
     /// Takes one request from the caller's bucket, if it has one to give.
-    fn check(&self, head: &RequestHead) -> Verdict {
+    async fn check(&self, head: &RequestHead) -> Verdict {
         let (caller, per_minute) = self.caller(head);
+        if let (Some(fleet), Some(key)) = (&self.fleet, &head.key) {
+            return fleet.take(key.id, per_minute).await;
+        }
         let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if limiters.len() >= self.max_tracked && !limiters.contains_key(&caller) {
-            // A bucket idle for a minute is full again, the same as no bucket: forget those.
-            limiters.retain(|_, l| now.duration_since(l.last_seen) < Duration::from_secs(60));
-            // Still full of busy callers: forget the one seen longest ago, not everyone's state.
-            let oldest = limiters
-                .iter()
-                .min_by_key(|(_, l)| l.last_seen)
-                .map(|(caller, _)| caller.clone());
-            if let (true, Some(oldest)) = (limiters.len() >= self.max_tracked, oldest) {
-                limiters.remove(&oldest);
-            }
+            forget_idle(&mut limiters, self.max_tracked, now, |l| l.last_seen);
         }
         let limiter = limiters
             .entry(caller)
@@ -160,35 +154,26 @@ impl RateLimitProcessor {
         if limiter.per_minute != per_minute {
             *limiter = Limiter::new(per_minute);
         }
-        limiter.last_seen = now;
-        let refill = Duration::from_secs(60) / per_minute;
-        match limiter.bucket.check() {
-            Ok(state) => {
-                limiter.remaining = state.remaining_burst_capacity();
-                Verdict {
-                    allowed: true,
-                    standing: RateLimitState {
-                        limit: per_minute,
-                        remaining: limiter.remaining,
-                        reset_seconds: seconds_up(refill * (per_minute - limiter.remaining)),
-                    },
-                    retry_after: 0,
-                }
-            }
-            Err(not_until) => {
-                limiter.remaining = 0;
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                Verdict {
-                    allowed: false,
-                    standing: RateLimitState {
-                        limit: per_minute,
-                        remaining: 0,
-                        reset_seconds: seconds_up(refill * per_minute),
-                    },
-                    retry_after: seconds_up(wait).max(1),
-                }
-            }
-        }
+        limiter.check()
+    }
+}
+
+/// Makes room for one more caller: a bucket idle for a minute is full again, the same as no
+/// bucket, so those go; if every one is busy, the one seen longest ago goes, not everyone's state.
+fn forget_idle<K: Clone + Eq + std::hash::Hash, V>(
+    tracked: &mut HashMap<K, V>,
+    most: usize,
+    now: Instant,
+    last_seen: impl Fn(&V) -> Instant,
+) {
+    tracked.retain(|_, v| now.duration_since(last_seen(v)) < Duration::from_secs(60));
+    if tracked.len() >= most
+        && let Some(oldest) = tracked
+            .iter()
+            .min_by_key(|(_, v)| last_seen(v))
+            .map(|(k, _)| k.clone())
+    {
+        tracked.remove(&oldest);
     }
 }
 
@@ -201,6 +186,84 @@ impl Limiter {
             last_seen: Instant::now(),
             remaining: per_minute,
         }
+    }
+
+    /// A bucket holding `remaining` requests rather than a full one.
+    fn holding(per_minute: u32, remaining: u32) -> Limiter {
+        let mut limiter = Limiter::new(per_minute);
+        if let Some(spent) = NonZeroU32::new(per_minute.saturating_sub(remaining)) {
+            // At most the burst, so it always fits.
+            let _ = limiter.bucket.check_n(spent);
+            limiter.remaining = remaining.min(per_minute);
+        }
+        limiter
+    }
+
+    /// Takes one request, if the bucket has one.
+    fn check(&mut self) -> Verdict {
+        self.last_seen = Instant::now();
+        let per_minute = self.per_minute;
+        let refill = Duration::from_secs(60) / per_minute;
+        match self.bucket.check() {
+            Ok(state) => {
+                self.remaining = state.remaining_burst_capacity();
+                Verdict {
+                    allowed: true,
+                    standing: RateLimitState {
+                        limit: per_minute,
+                        remaining: self.remaining,
+                        reset_seconds: seconds_up(refill * (per_minute - self.remaining)),
+                    },
+                    retry_after: 0,
+                }
+            }
+            Err(not_until) => {
+                self.remaining = 0;
+                // The bucket's own clock: a new one runs `cpuid`, which a VM traps (about
+                // 15 µs a refusal).
+                refused(
+                    per_minute,
+                    not_until.wait_time_from(self.bucket.clock().now()),
+                )
+            }
+        }
+    }
+
+    /// The standing now, without taking.
+    fn look(&self) -> RateLimitState {
+        // The bucket refills one request per `refill` since it was last used.
+        let per_minute = self.per_minute;
+        let refill = Duration::from_secs(60) / per_minute;
+        let refilled = self.last_seen.elapsed().as_nanos() / refill.as_nanos().max(1);
+        let refilled = u32::try_from(refilled).unwrap_or(u32::MAX);
+        standing(per_minute, self.remaining.saturating_add(refilled))
+    }
+}
+
+/// A caller with `remaining` requests left of `per_minute`.
+fn standing(per_minute: u32, remaining: u32) -> RateLimitState {
+    let remaining = remaining.min(per_minute);
+    RateLimitState {
+        limit: per_minute,
+        remaining,
+        reset_seconds: seconds_up(Duration::from_secs(60) / per_minute * (per_minute - remaining)),
+    }
+}
+
+fn full(per_minute: u32) -> RateLimitState {
+    standing(per_minute, per_minute)
+}
+
+/// Refused: none left, and the next request allowed after `wait`.
+fn refused(per_minute: u32, wait: Duration) -> Verdict {
+    Verdict {
+        allowed: false,
+        standing: RateLimitState {
+            limit: per_minute,
+            remaining: 0,
+            reset_seconds: seconds_up(Duration::from_secs(60) / per_minute * per_minute),
+        },
+        retry_after: seconds_up(wait).max(1),
     }
 }
 

@@ -5,6 +5,7 @@
 mod admin;
 mod copy;
 mod keys;
+mod rate_limit;
 mod rows;
 
 pub use rows::PgWrite;
@@ -18,6 +19,9 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::Location;
 
+pub use rate_limit::Lease;
+use rate_limit::LeaseConnections;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The channel a change to `api_keys` is announced on (by a trigger, whoever changes it).
@@ -28,6 +32,8 @@ pub const KEYS_CHANGED: &str = "mcp_metrics_api_keys";
 pub struct PgStore {
     pool: PgPool,
     location: Location,
+    /// The `rate_limit` processor's connections for leasing tokens.
+    leases: LeaseConnections,
 }
 
 /// Databases open in this process, by URL: every component naming one shares its pool.
@@ -54,7 +60,12 @@ impl PgStore {
             .run(&pool)
             .await
             .with_context(|| format!("cannot migrate {location}"))?;
-        let store = Arc::new(PgStore { pool, location });
+        let leases = LeaseConnections::new(url)?;
+        let store = Arc::new(PgStore {
+            pool,
+            location,
+            leases,
+        });
         let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
         open.retain(|(_, weak)| weak.strong_count() > 0);
         open.push((url.to_owned(), Arc::downgrade(&store)));
@@ -77,6 +88,7 @@ impl PgStore {
     }
 
     pub async fn close(&self) {
+        self.leases.close().await;
         self.pool.close().await;
     }
 }
