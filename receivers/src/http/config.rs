@@ -28,9 +28,10 @@ pub struct HttpConfig {
     /// Answer 200 only once every exporter has the metrics (for SQLite: committed), instead of
     /// once they are queued.
     pub acknowledgements: bool,
-    /// The database whose API keys guard the operator endpoints (`/rate-limit`, `/flush`,
-    /// `/admin/...`) and which `/admin` reports on: a SQLite file path, `sqlite:///path` or
-    /// `postgres://user:pass@host/db` (DATABASE_URL); without it those endpoints answer 404.
+    /// The database the operator endpoints (`/rate-limit`, `/flush`, `/admin/...`) act on and
+    /// report on: a SQLite file path, `sqlite:///path` or `postgres://user:pass@host/db`
+    /// (DATABASE_URL); without it those endpoints answer 404. Their callers are checked by the
+    /// pipelines' `auth`, as for `POST /metrics`.
     pub database: Option<String>,
     /// With `acknowledgements`, how long to wait for delivery before answering 503.
     #[serde(with = "humantime_serde")]
