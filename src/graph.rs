@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use futures::future::join_all;
 use mcp_metrics_plugin::{
-    Admitted, Batch, BuildContext, CancellationToken, Consumer, Listeners, Outcome, Pipelines,
-    Processor, Receiver, Refusal, RequestHead, Reservation, Room, ServiceControl, Telemetry,
-    async_trait,
+    Admitted, Batch, BuildContext, CancellationToken, Consumer, Extensions, Listeners, Outcome,
+    Pipelines, Processor, Receiver, Refusal, RequestHead, Reservation, Room, ServiceControl,
+    Telemetry, async_trait,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -270,7 +270,7 @@ impl Plan {
         // Every component's token, to stop what was built if a later component fails.
         built: &std::sync::Mutex<Vec<CancellationToken>>,
     ) -> anyhow::Result<Plan> {
-        let context = |id: &str| {
+        let context = |id: &str, extensions: &Arc<Extensions>| {
             let stop = base.components.child_token();
             built
                 .lock()
@@ -281,8 +281,22 @@ impl Plan {
                 shutdown: stop,
                 listeners: base.listeners.clone(),
                 telemetry: base.telemetry.clone(),
+                extensions: extensions.clone(),
             }
         };
+        // Extensions first: the components are built on them. Building one again is cheap (the
+        // database it opens is the one already open), so every build makes them anew.
+        let none = Arc::new(Extensions::default());
+        let mut extensions = BTreeMap::new();
+        for (id, extension) in &config.extensions {
+            let built = extension
+                .build(&context(id, &none))
+                .await
+                .map_err(|e| anyhow!("extensions.{id}: {e}"))?;
+            extensions.insert(id.clone(), built);
+        }
+        let extensions = Arc::new(Extensions::new(extensions));
+        let context = |id: &str| context(id, &extensions);
         let used = |section: &str, id: &String| {
             config.pipelines.values().any(|p| match section {
                 "receivers" => p.receivers.contains(id),

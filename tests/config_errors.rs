@@ -275,3 +275,32 @@ async fn a_start_up_failure_leaves_nothing_running() {
         "{error:#}"
     );
 }
+
+/// A component names the database by an extension's id; a misspelt id is an error at start-up,
+/// never a new SQLite file of that name, and a known one is shared by every component.
+#[tokio::test]
+async fn a_database_named_by_an_unknown_extension_id_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |reference: &str| {
+        format!(
+            "extensions:\n  database: {{url: '{}/metrics.db'}}\n\
+             receivers:\n  http: {{host: 127.0.0.1, port: 0}}\n\
+             processors:\n  auth: {{database: {reference}}}\n\
+             exporters:\n  database: {{database: database}}\n\
+             service:\n  pipelines:\n    metrics: {{receivers: [http], processors: [auth], exporters: [database]}}\n",
+            dir.path().display()
+        )
+    };
+    let misspelt = mcp_metrics::parse(&config("databse"), "pipelines.yaml", &env).unwrap();
+    let error = match mcp_metrics::Service::start(misspelt).await {
+        Ok(_) => panic!("a misspelt extension id must not start"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("no extension `databse`"), "{error}");
+    assert!(!dir.path().join("databse").exists());
+
+    let known = mcp_metrics::parse(&config("database"), "pipelines.yaml", &env).unwrap();
+    let service = mcp_metrics::Service::start(known).await.unwrap();
+    assert!(dir.path().join("metrics.db").exists());
+    service.shutdown().await.unwrap();
+}

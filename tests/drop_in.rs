@@ -662,12 +662,20 @@ fn print_config_shows_the_environment_applied_and_hides_secrets() {
     assert_eq!(at("receivers.http.host"), "127.0.0.1");
     assert_eq!(at("receivers.http.port"), 9001);
     assert_eq!(at("receivers.http.max_request_size"), "1.0 MiB");
-    assert_eq!(at("receivers.http.database"), "/var/lib/metrics/metrics.db");
-    assert_eq!(
-        at("processors.auth.database"),
-        "/var/lib/metrics/metrics.db"
-    );
-    assert_eq!(at("exporters.database.url"), "/var/lib/metrics/metrics.db");
+    // The database is named once, as an extension, and referred to by its id.
+    assert_eq!(at("extensions.database.url"), "/var/lib/metrics/metrics.db");
+    for component in [
+        "receivers.http",
+        "processors.auth",
+        "processors.rate_limit",
+        "exporters.database",
+    ] {
+        assert_eq!(
+            at(&format!("{component}.database")),
+            "database",
+            "{component}"
+        );
+    }
     assert_eq!(at("processors.rate_limit.default_limit"), 250);
     assert_eq!(at("processors.batch.send_batch_size"), 42);
     assert_eq!(at("processors.batch.timeout"), "7s");

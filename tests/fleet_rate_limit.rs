@@ -13,17 +13,18 @@ use common::{ServiceProcess, mcp_metrics, metric, metrics_request, request_of, s
 use mcp_metrics_store::Database;
 
 /// A replica: the key check, the fleet-wide limit and the metrics, all in one PostgreSQL
-/// database (`DB`), as the shipped `pipelines.yaml` names it once.
+/// database (`DB`), named once as an extension, as the shipped `pipelines.yaml` does.
 const REPLICA: &str = "
-x-database: &database DB
+extensions:
+  database: {url: DB}
 receivers:
-  http: {host: 127.0.0.1, port: 0, database: *database}
+  http: {host: 127.0.0.1, port: 0, database: database}
 processors:
-  auth: {database: *database, refresh_interval: 1s}
-  rate_limit: {database: *database, retry_interval: 200ms}
+  auth: {database: database, refresh_interval: 1s}
+  rate_limit: {database: database, retry_interval: 200ms}
   validate: {}
 exporters:
-  database: {url: *database, retention_days: 0}
+  database: {database: database, retention_days: 0}
 service:
   pipelines:
     metrics: {receivers: [http], processors: [auth, rate_limit, validate], exporters: [database]}

@@ -118,6 +118,7 @@ async fn measure(
         shutdown: shutdown.clone(),
         listeners: Arc::new(Listeners::default()),
         telemetry: Telemetry::default(),
+        extensions: Default::default(),
     };
     let processor = config
         .build(&cx, Arc::new(Nothing))

@@ -27,9 +27,9 @@ pub use listeners::Listeners;
 pub use model::{Batch, KeyInfo, Metric, MetricType, Request, RequestContext, parse_timestamp};
 pub use redact::redact_url_credentials;
 pub use registry::{
-    BuildContext, ComponentConfig, ConfigIssue, ExporterConfig, ExporterRegistration,
-    ProcessorConfig, ProcessorRegistration, ReceiverConfig, ReceiverRegistration, Registration,
-    closest, hint_unknown_field,
+    BuildContext, ComponentConfig, ConfigIssue, ExporterConfig, ExporterRegistration, Extension,
+    ExtensionConfig, ExtensionRegistration, Extensions, ProcessorConfig, ProcessorRegistration,
+    ReceiverConfig, ReceiverRegistration, Registration, closest, hint_unknown_field,
 };
 pub use room::{Permit, Reservation, Room};
 pub use telemetry::Telemetry;

@@ -1,6 +1,8 @@
 //! How components are found by type name: each registers a [`Registration`] with `inventory`,
 //! and the engine decodes the YAML of a component into its typed config through it.
 
+use std::any::Any;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -33,6 +35,34 @@ pub struct BuildContext {
     pub listeners: Arc<Listeners>,
     /// The service's own telemetry, where a component records what it did.
     pub telemetry: Telemetry,
+    /// The extensions of the config (`extensions:`), which components refer to by id.
+    pub extensions: Arc<Extensions>,
+}
+
+/// What an extension offers the components that name it: the database, say. Components find it
+/// by id and by the type they expect.
+pub type Extension = Arc<dyn Any + Send + Sync>;
+
+/// The built extensions, by id.
+#[derive(Default)]
+pub struct Extensions(BTreeMap<String, Extension>);
+
+impl Extensions {
+    pub fn new(built: BTreeMap<String, Extension>) -> Extensions {
+        Extensions(built)
+    }
+
+    /// The extension `id`, if there is one and it offers a `T`.
+    pub fn get<T: Any + Send + Sync + Clone>(&self, id: &str) -> Option<T> {
+        self.0.get(id)?.downcast_ref::<T>().cloned()
+    }
+}
+
+/// Something the components share rather than each making their own (the Collector's
+/// `extensions:`): built before them, offered to them by id through [`BuildContext::extensions`].
+#[async_trait]
+pub trait ExtensionConfig: Send + Sync {
+    async fn build(&self, cx: &BuildContext) -> Result<Extension, BoxError>;
 }
 
 #[async_trait]
@@ -80,10 +110,12 @@ pub struct Registration<C: ?Sized + 'static> {
 pub type ReceiverRegistration = Registration<dyn ReceiverConfig>;
 pub type ProcessorRegistration = Registration<dyn ProcessorConfig>;
 pub type ExporterRegistration = Registration<dyn ExporterConfig>;
+pub type ExtensionRegistration = Registration<dyn ExtensionConfig>;
 
 inventory::collect!(ReceiverRegistration);
 inventory::collect!(ProcessorRegistration);
 inventory::collect!(ExporterRegistration);
+inventory::collect!(ExtensionRegistration);
 
 impl<C: ?Sized + 'static> Registration<C> {
     /// Reads the component's YAML (null for none) into its typed, validated config.
@@ -152,6 +184,7 @@ macro_rules! registration_constructor {
 registration_constructor!(ReceiverConfig, decode_receiver);
 registration_constructor!(ProcessorConfig, decode_processor);
 registration_constructor!(ExporterConfig, decode_exporter);
+registration_constructor!(ExtensionConfig, decode_extension);
 
 fn defaults<T: ComponentConfig>() -> serde_yaml::Value {
     serde_yaml::to_value(T::default()).unwrap_or(serde_yaml::Value::Null)

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mcp_metrics_plugin::{
-    ConfigIssue, ExporterConfig, ProcessorConfig, ReceiverConfig, Registration, closest,
-    hint_unknown_field,
+    ConfigIssue, ExporterConfig, ExtensionConfig, ProcessorConfig, ReceiverConfig, Registration,
+    closest, hint_unknown_field,
 };
 use serde_yaml::{Mapping, Value};
 
@@ -31,7 +31,13 @@ pub(super) fn check(
     }
 }
 
-const SECTIONS: [&str; 4] = ["receivers", "processors", "exporters", "service"];
+const SECTIONS: [&str; 5] = [
+    "extensions",
+    "receivers",
+    "processors",
+    "exporters",
+    "service",
+];
 
 struct Checker<'t> {
     text: &'t str,
@@ -77,7 +83,7 @@ impl Checker<'_> {
         let Value::Mapping(mut root) = root else {
             self.error(
                 &[],
-                "must be a mapping with receivers, processors, exporters and service",
+                "must be a mapping with extensions, receivers, processors, exporters and service",
             );
             return None;
         };
@@ -95,6 +101,8 @@ impl Checker<'_> {
                 );
             }
         }
+        let extensions =
+            self.components::<dyn ExtensionConfig>(&mut root, "extensions", "extension");
         let receivers = self.components::<dyn ReceiverConfig>(&mut root, "receivers", "receiver");
         let processors =
             self.components::<dyn ProcessorConfig>(&mut root, "processors", "processor");
@@ -108,7 +116,9 @@ impl Checker<'_> {
             &exporters,
             &mut warnings,
         );
+        self.fingerprint_extensions_into_components();
         Some(ServiceConfig {
+            extensions,
             receivers,
             processors,
             exporters,
@@ -118,6 +128,22 @@ impl Checker<'_> {
             fingerprints: std::mem::take(&mut self.fingerprints),
             text: self.text.to_owned(),
         })
+    }
+
+    /// A component may use any extension, so a changed extension counts as a change of every
+    /// component: a reload then rebuilds them on the new one.
+    fn fingerprint_extensions_into_components(&mut self) {
+        let extensions: String = self
+            .fingerprints
+            .iter()
+            .filter(|(key, _)| key.starts_with("extensions."))
+            .map(|(key, written)| format!("{key}: {written}"))
+            .collect();
+        for (key, written) in self.fingerprints.iter_mut() {
+            if !key.starts_with("extensions.") {
+                written.push_str(&extensions);
+            }
+        }
     }
 
     /// Decodes every component of a section through the registry.

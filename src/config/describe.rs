@@ -1,6 +1,8 @@
 //! `mcp-metrics components`: every registered component type with its keys at their defaults.
 
-use mcp_metrics_plugin::{ExporterRegistration, ProcessorRegistration, ReceiverRegistration};
+use mcp_metrics_plugin::{
+    ExporterRegistration, ExtensionRegistration, ProcessorRegistration, ReceiverRegistration,
+};
 use serde_yaml::{Mapping, Value};
 
 use crate::queue::{QueueSettings, RetrySettings};
@@ -20,6 +22,13 @@ pub fn describe_components() -> String {
         }
         out.push('\n');
     };
+    kind(
+        "extensions",
+        ExtensionRegistration::all()
+            .iter()
+            .map(|r| (r.type_name, r.description, r.defaults()))
+            .collect(),
+    );
     kind(
         "receivers",
         ReceiverRegistration::all()

@@ -1,6 +1,8 @@
 //! `run --print-config`: the configuration as the components see it, secrets masked.
 
-use mcp_metrics_plugin::{ExporterConfig, ProcessorConfig, ReceiverConfig, Registration};
+use mcp_metrics_plugin::{
+    ExporterConfig, ExtensionConfig, ProcessorConfig, ReceiverConfig, Registration,
+};
 use serde_yaml::{Mapping, Value};
 
 use super::{ConfigErrors, env, parse};
@@ -17,6 +19,7 @@ pub fn effective(
     let mut root: Value = serde_yaml::from_str(text).unwrap_or(Value::Null);
     env::substitute(&mut root, "", env);
     if let Some(root) = root.as_mapping_mut() {
+        fill_defaults::<dyn ExtensionConfig>(root, "extensions", |_| {});
         fill_defaults::<dyn ReceiverConfig>(root, "receivers", |_| {});
         fill_defaults::<dyn ProcessorConfig>(root, "processors", |_| {});
         fill_defaults::<dyn ExporterConfig>(root, "exporters", |settings| {

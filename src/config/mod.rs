@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use mcp_metrics_plugin::{ExporterConfig, ProcessorConfig, ReceiverConfig};
+use mcp_metrics_plugin::{ExporterConfig, ExtensionConfig, ProcessorConfig, ReceiverConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::queue::{QueueSettings, RetrySettings};
@@ -26,6 +26,8 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../pipelines.yaml");
 
 /// A configuration every part of which was checked.
 pub struct ServiceConfig {
+    /// What the components share and name by id (the database).
+    pub extensions: BTreeMap<String, Box<dyn ExtensionConfig>>,
     pub receivers: BTreeMap<String, Box<dyn ReceiverConfig>>,
     pub processors: BTreeMap<String, Box<dyn ProcessorConfig>>,
     pub exporters: BTreeMap<String, ExporterSettings>,

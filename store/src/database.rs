@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mcp_metrics_plugin::{Batch, KeyInfo};
+use mcp_metrics_plugin::{
+    Batch, BoxError, BuildContext, ComponentConfig, Extension, ExtensionConfig,
+    ExtensionRegistration, KeyInfo, async_trait, inventory,
+};
 
 use crate::postgres::PgStore;
 use crate::{
@@ -142,4 +145,67 @@ impl Database {
     pub async fn close(&self) {
         on_either!(self, store => store.close().await)
     }
+}
+
+/// `extensions: database: {url: ...}`: the database named once, which the key check, the
+/// operator endpoints, the rate limiter and the `database` exporter refer to by id.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseExtension {
+    /// `postgres://user:pass@host:5432/db` (PostgreSQL, shared by replicas), `sqlite:///path` or
+    /// a SQLite file path.
+    pub url: String,
+}
+
+impl Default for DatabaseExtension {
+    fn default() -> Self {
+        DatabaseExtension {
+            url: "./data/metrics.db".into(),
+        }
+    }
+}
+
+impl ComponentConfig for DatabaseExtension {
+    fn validate(&self) -> Vec<String> {
+        match Location::parse(&self.url) {
+            Ok(_) => Vec::new(),
+            Err(problem) => vec![format!("url: {problem}")],
+        }
+    }
+}
+
+#[async_trait]
+impl ExtensionConfig for DatabaseExtension {
+    async fn build(&self, _cx: &BuildContext) -> Result<Extension, BoxError> {
+        Ok(Arc::new(Database::open(&self.url).await?))
+    }
+}
+
+inventory::submit!(ExtensionRegistration::of::<DatabaseExtension>(
+    "database",
+    "the database the components share (DATABASE_URL): a SQLite file, or PostgreSQL shared by \
+     replicas; opened and migrated once"
+));
+
+impl Database {
+    /// The database a component's `database` key names: the id of an extension, or else a URL
+    /// or a path. A bare word (no `/`, `.` or `:`) that is no extension is an error rather than
+    /// a new SQLite file of that name: it is a misspelt id.
+    pub async fn named(name: &str, cx: &BuildContext) -> anyhow::Result<Database> {
+        if let Some(database) = cx.extensions.get::<Database>(name) {
+            return Ok(database);
+        }
+        if is_bare_word(name) {
+            anyhow::bail!(
+                "no extension `{name}`: define it under `extensions:` ({name}: {{url: ...}}), \
+                 or give a URL or a path such as ./{name}.db"
+            );
+        }
+        Database::open(name).await
+    }
+}
+
+/// Whether `name` reads as an extension's id rather than a URL or a path.
+pub fn is_bare_word(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '.', ':'])
 }

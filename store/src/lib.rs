@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use database::Database;
+pub use database::{Database, DatabaseExtension, is_bare_word};
 pub use idempotency::IDEMPOTENCY_WINDOW;
 pub use key_cache::KeyCache;
 pub use keys::{EnvKeyChange, KeyRecord, generate_key, hash_key};

@@ -14,9 +14,10 @@ use super::DatabaseExporter;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// `postgres://user:pass@host/db` (PostgreSQL, shared by replicas), `sqlite:///path` or a
-    /// plain path (a SQLite file, created with its folder when missing).
-    pub url: String,
+    /// The id of a `database` extension, or `postgres://user:pass@host/db` (PostgreSQL, shared
+    /// by replicas), `sqlite:///path` or a plain path (a SQLite file, created with its folder
+    /// when missing).
+    pub database: String,
     /// Rows older than this many days are deleted (METRICS_RETENTION_DAYS), at most 36500
     /// (100 years); 0 keeps them all.
     /// A table's period set through the admin API takes precedence.
@@ -31,7 +32,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         let sqlite = SqliteConfig::default();
         DatabaseConfig {
-            url: sqlite.path.display().to_string(),
+            database: sqlite.path.display().to_string(),
             retention_days: sqlite.retention_days,
             retention_interval: sqlite.retention_interval,
         }
@@ -41,8 +42,8 @@ impl Default for DatabaseConfig {
 impl ComponentConfig for DatabaseConfig {
     fn validate(&self) -> Vec<String> {
         let mut problems = retention_problems(self.retention_days, self.retention_interval);
-        if let Err(problem) = Location::parse(&self.url) {
-            problems.insert(0, format!("url: {problem}"));
+        if let Err(problem) = Location::parse(&self.database) {
+            problems.insert(0, format!("database: {problem}"));
         }
         problems
     }
@@ -51,7 +52,7 @@ impl ComponentConfig for DatabaseConfig {
 #[async_trait]
 impl ExporterConfig for DatabaseConfig {
     async fn build(&self, cx: &BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
-        let database = Database::open(&self.url).await?;
+        let database = Database::named(&self.database, cx).await?;
         build(database, self.retention_days, self.retention_interval, cx).await
     }
 }

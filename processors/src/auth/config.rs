@@ -13,8 +13,8 @@ use super::AuthProcessor;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// The database whose `api_keys` table holds the keys: a SQLite file path, `sqlite:///path`
-    /// or `postgres://user:pass@host/db` (DATABASE_URL).
+    /// The database whose `api_keys` table holds the keys: the id of a `database` extension, or
+    /// a SQLite file path, `sqlite:///path` or `postgres://user:pass@host/db`.
     pub database: String,
     /// How often the keys are re-read: a deactivated key is refused within this time.
     #[serde(with = "humantime_serde")]
@@ -51,10 +51,10 @@ impl ComponentConfig for AuthConfig {
 impl ProcessorConfig for AuthConfig {
     async fn build(
         &self,
-        _cx: &BuildContext,
+        cx: &BuildContext,
         next: Arc<dyn Consumer>,
     ) -> Result<Arc<dyn Processor>, BoxError> {
-        let database = Database::open(&self.database).await?;
+        let database = Database::named(&self.database, cx).await?;
         if !self.env_key_prefix.is_empty() {
             let vars: Vec<_> = std::env::vars().collect();
             register_env_keys(&database, &self.env_key_prefix, vars.into_iter()).await?;

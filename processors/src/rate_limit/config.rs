@@ -5,7 +5,7 @@ use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Consumer, Processor, ProcessorConfig,
     ProcessorRegistration, async_trait, inventory,
 };
-use mcp_metrics_store::{Database, Location};
+use mcp_metrics_store::{Database, Location, is_bare_word};
 use serde::{Deserialize, Serialize};
 
 use super::RateLimitProcessor;
@@ -18,12 +18,13 @@ pub struct RateLimitConfig {
     pub default_limit: u32,
     /// Most callers tracked at once; idle ones (full bucket) are forgotten first.
     pub max_tracked_keys: usize,
-    /// The database the replicas share (DATABASE_URL): with PostgreSQL, a key's limit holds for
-    /// the whole fleet. A SQLite path or none: each replica limits alone.
+    /// The database the replicas share: the id of a `database` extension, or a URL or a path.
+    /// With PostgreSQL, a key's limit holds for the whole fleet; with SQLite or none, each
+    /// replica limits alone.
     pub database: Option<String>,
     /// `local` (each replica limits alone) or `fleet` (a key's limit holds across every replica
     /// sharing `database`, which must be PostgreSQL). None: `fleet` when `database` is
-    /// PostgreSQL, else `local`.
+    /// PostgreSQL, else `local`, settled when the processor is built.
     pub policy: Option<Policy>,
     /// Fleet: the most tokens a replica holds unspent, in percent of a key's limit (at least
     /// one request). The fleet may admit up to replicas × this over the limit.
@@ -63,22 +64,6 @@ const LEASE_PERCENT: (f64, f64) = (0.01, 10.0);
 const LEASE_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
 const RETRY_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
 
-impl RateLimitConfig {
-    /// The policy in force: the one given, else `fleet` exactly when the database is shared.
-    pub fn effective_policy(&self) -> Policy {
-        let shared = self
-            .database
-            .as_deref()
-            .and_then(|d| Location::parse(d).ok())
-            .is_some_and(|l| l.is_postgres());
-        match self.policy {
-            Some(policy) => policy,
-            None if shared => Policy::Fleet,
-            None => Policy::Local,
-        }
-    }
-}
-
 impl ComponentConfig for RateLimitConfig {
     fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -99,6 +84,9 @@ impl ComponentConfig for RateLimitConfig {
         if self.policy == Some(Policy::Fleet) {
             match &location {
                 Some(Location::Postgres(_)) => {}
+                // A bare word is an extension's id, settled when the processor is built.
+                Some(Location::Sqlite(_)) if self.database.as_deref().is_some_and(is_bare_word) => {
+                }
                 Some(Location::Sqlite(path)) => problems.push(format!(
                     "policy: fleet needs a PostgreSQL database shared by the replicas, but \
                      database is the SQLite file {}; use policy: local",
@@ -142,13 +130,18 @@ impl ProcessorConfig for RateLimitConfig {
         cx: &BuildContext,
         next: Arc<dyn Consumer>,
     ) -> Result<Arc<dyn Processor>, BoxError> {
-        let fleet = match (self.effective_policy(), self.database.as_deref()) {
-            (Policy::Fleet, Some(database)) => match Database::open(database).await? {
-                Database::Postgres(store) => Some(Fleet::start(store, self, cx)),
-                // validate() refuses fleet on SQLite.
-                Database::Sqlite(_) => None,
-            },
-            _ => None,
+        let database = match self.database.as_deref() {
+            Some(name) => Some(Database::named(name, cx).await?),
+            None => None,
+        };
+        // The policy is settled here, where an extension's id has become a database.
+        let fleet = match (self.policy, database) {
+            (Some(Policy::Local), _) | (None, None | Some(Database::Sqlite(_))) => None,
+            (_, Some(Database::Postgres(store))) => Some(Fleet::start(store, self, cx)),
+            (Some(Policy::Fleet), _) => {
+                return Err("policy: fleet needs a PostgreSQL database shared by the replicas;                             use policy: local"
+                    .into());
+            }
         };
         Ok(Arc::new(RateLimitProcessor::new(self, cx, fleet, next)))
     }
@@ -169,19 +162,13 @@ mod tests {
     }
 
     #[test]
-    fn the_policy_follows_the_database_unless_given() {
-        let pg = "database: postgres://u@db/m";
-        assert_eq!(config(pg).effective_policy(), Policy::Fleet);
-        assert_eq!(
-            config(&format!("{pg}\npolicy: local")).effective_policy(),
-            Policy::Local
+    fn a_database_url_or_an_extension_id_is_taken() {
+        assert!(config("database: postgres://u@db/m").validate().is_empty());
+        assert!(
+            config("database: database\npolicy: fleet")
+                .validate()
+                .is_empty()
         );
-        assert_eq!(
-            config("database: ./data/metrics.db").effective_policy(),
-            Policy::Local
-        );
-        assert_eq!(config("{}").effective_policy(), Policy::Local);
-        assert!(config(pg).validate().is_empty());
     }
 
     #[test]

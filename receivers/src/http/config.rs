@@ -29,8 +29,8 @@ pub struct HttpConfig {
     /// once they are queued.
     pub acknowledgements: bool,
     /// The database the operator endpoints (`/rate-limit`, `/flush`, `/admin/...`) act on and
-    /// report on: a SQLite file path, `sqlite:///path` or `postgres://user:pass@host/db`
-    /// (DATABASE_URL); without it those endpoints answer 404. Their callers are checked by the
+    /// report on: the id of a `database` extension, or a SQLite file path, `sqlite:///path` or
+    /// `postgres://user:pass@host/db`; without it those endpoints answer 404. Their callers are checked by the
     /// pipelines' `auth`, as for `POST /metrics`.
     pub database: Option<String>,
     /// With `acknowledgements`, how long to wait for delivery before answering 503.

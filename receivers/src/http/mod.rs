@@ -69,7 +69,9 @@ impl HttpReceiver {
             .and_then(TcpListener::from_std)
             .map_err(|e| format!("cannot listen on {address}: {e}"))?;
         let ops = match &config.database {
-            Some(database) => Some(Arc::new(ops::Ops::start(control.clone(), database).await?)),
+            Some(database) => Some(Arc::new(
+                ops::Ops::start(cx, control.clone(), database).await?,
+            )),
             None => None,
         };
         Ok(HttpReceiver {

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
-use mcp_metrics_plugin::{BoxError, KeyInfo, RateLimitState, Reason, ServiceControl};
+use mcp_metrics_plugin::{BoxError, BuildContext, KeyInfo, RateLimitState, Reason, ServiceControl};
 use mcp_metrics_store::{Database, MAX_RETENTION_DAYS, metric_table};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -32,8 +32,12 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub async fn start(control: Arc<dyn ServiceControl>, database: &str) -> Result<Ops, BoxError> {
-        let database = Database::open(database).await?;
+    pub async fn start(
+        cx: &BuildContext,
+        control: Arc<dyn ServiceControl>,
+        database: &str,
+    ) -> Result<Ops, BoxError> {
+        let database = Database::named(database, cx).await?;
         Ok(Ops { database, control })
     }
 }
