@@ -356,7 +356,9 @@ async fn a_request_resent_to_another_replica_with_the_same_idempotency_key_is_st
     .unwrap();
     assert!(!typed.is_empty());
     assert!(
-        typed.iter().all(|row| *row == ("t".to_owned(), Some(true), 2.0)),
+        typed
+            .iter()
+            .all(|row| *row == ("t".to_owned(), Some(true), 2.0)),
         "{typed:?}"
     );
     assert!(
