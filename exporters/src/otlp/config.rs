@@ -309,6 +309,34 @@ mod tests {
     }
 
     #[test]
+    fn an_interval_from_the_environment_is_held_to_the_config_s_range() {
+        let env = |ms: &'static str| {
+            move |name: &str| (name == "OTEL_METRIC_EXPORT_INTERVAL").then(|| ms.to_owned())
+        };
+        let on = config(Some("http://c:4318"), Protocol::HttpProtobuf);
+        assert_eq!(
+            on.env_problems(env("86400001")),
+            [
+                "export_interval: not given, so OTEL_METRIC_EXPORT_INTERVAL (86400001 ms) is taken, \
+              and it must be from 1 to 86400000 ms (1d)"
+            ]
+        );
+        assert_eq!(on.env_problems(env("18446744073709551615")).len(), 1);
+        // The top of the range, and what is ignored as before: zero, text, nothing.
+        for ms in ["86400000", "1", "0", "30s", ""] {
+            assert!(on.env_problems(env(ms)).is_empty(), "{ms}");
+        }
+        // A configured interval, or no endpoint, leaves the environment unread.
+        let given = OtlpConfig {
+            export_interval: Some(Duration::from_secs(5)),
+            ..on.clone()
+        };
+        assert!(given.env_problems(env("86400001")).is_empty());
+        let off = config(None, Protocol::HttpProtobuf);
+        assert!(off.env_problems(env("86400001")).is_empty());
+    }
+
+    #[test]
     fn a_bad_endpoint_is_reported() {
         let c = config(Some("collector:4318"), Protocol::HttpProtobuf);
         assert!(
