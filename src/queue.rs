@@ -14,25 +14,27 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
+use mcp_metrics_plugin::bounds::{DAY, HOUR, MAX_METRICS_HELD, MILLISECOND, out_of_range};
 use mcp_metrics_plugin::{
     Batch, CancellationToken, ComponentConfig, Consumer, ExportError, Exporter, Outcome, Permit,
     Refusal, Room, Telemetry, async_trait,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSettings {
-    /// Most metrics waiting for or in export; past it, requests are refused with 503.
+    /// Most metrics waiting for or in export, from 1 to 10000000; past it, requests are refused
+    /// with 503.
     pub queue_size: usize,
-    /// Exports run at once.
+    /// Exports run at once, from 1 to 1000.
     pub num_consumers: usize,
-    /// Most metrics merged into one export.
+    /// Most metrics merged into one export, from 1 to 10000000.
     pub batch_max_size: usize,
     /// How long an export of metrics that no client waits for (default mode) may wait for more
-    /// to merge, up to `batch_max_size`; 0 exports what is queued at once.
+    /// to merge, up to `batch_max_size`; 0 exports what is queued at once, at most 1h.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
 }
@@ -51,20 +53,18 @@ impl Default for QueueSettings {
 
 impl ComponentConfig for QueueSettings {
     fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.queue_size == 0 || self.queue_size > Semaphore::MAX_PERMITS {
-            problems.push(format!(
-                "queue_size: must be from 1 to {}",
-                Semaphore::MAX_PERMITS
-            ));
-        }
-        if self.num_consumers == 0 {
-            problems.push("num_consumers: must be at least 1".into());
-        }
-        if self.batch_max_size == 0 {
-            problems.push("batch_max_size: must be at least 1".into());
-        }
-        problems
+        [
+            out_of_range("queue_size", self.queue_size, 1..=MAX_METRICS_HELD),
+            // A task each.
+            out_of_range("num_consumers", self.num_consumers, 1..=1_000),
+            out_of_range("batch_max_size", self.batch_max_size, 1..=MAX_METRICS_HELD),
+            // An export gathers until the clock plus `linger`: past what an `Instant` holds,
+            // the worker panics and the queue is never exported again.
+            out_of_range("linger", self.linger, Duration::ZERO..=HOUR),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -73,12 +73,16 @@ impl ComponentConfig for QueueSettings {
 pub struct RetrySettings {
     /// Retry failed exports that may succeed later (busy database, unreachable endpoint).
     pub enabled: bool,
+    /// The first wait before a retry, from 1ms to 1h; each next one doubles, up to
+    /// `max_interval`.
     #[serde(with = "humantime_serde")]
     pub initial_interval: Duration,
+    /// The longest wait between retries, from `initial_interval` to 1h.
     #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
-    /// Give up on a batch after retrying this long, losing it for this exporter; 0 (the default)
-    /// retries until the export succeeds, the full queue answering clients 503 meanwhile.
+    /// Give up on a batch after retrying this long (at most 30d), losing it for this exporter; 0
+    /// (the default) retries until the export succeeds, the full queue answering clients 503
+    /// meanwhile.
     #[serde(with = "humantime_serde")]
     pub max_elapsed_time: Duration,
 }
@@ -96,11 +100,27 @@ impl Default for RetrySettings {
 
 impl ComponentConfig for RetrySettings {
     fn validate(&self) -> Vec<String> {
+        let mut problems: Vec<String> = [
+            // Zero would retry a failing export in a busy loop.
+            out_of_range(
+                "initial_interval",
+                self.initial_interval,
+                MILLISECOND..=HOUR,
+            ),
+            out_of_range("max_interval", self.max_interval, MILLISECOND..=HOUR),
+            out_of_range(
+                "max_elapsed_time",
+                self.max_elapsed_time,
+                Duration::ZERO..=30 * DAY,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if self.initial_interval > self.max_interval {
-            vec!["initial_interval: must not exceed max_interval".into()]
-        } else {
-            vec![]
+            problems.push("initial_interval: must not exceed max_interval".into());
         }
+        problems
     }
 }
 

@@ -37,16 +37,19 @@ async fn retention_days_past_100_years_are_refused_and_the_largest_period_works(
         assert_eq!(reply.status, 422, "{days}: {}", reply.body);
         assert_eq!(reply.error(), "invalid_request");
     }
-    let reply = svc
-        .call(
-            "PUT",
-            put,
-            &admin,
-            Some(json!({"retention_days": 36501u32})),
-        )
-        .await;
-    assert_eq!(reply.status, 422, "{}", reply.body);
-    assert_eq!(reply.error(), "invalid_request");
+    // In a body: past the range, or not a whole number of days in it.
+    for days in [
+        json!(36501u32),
+        json!(4294967296u64),
+        json!(-1),
+        json!(1.5),
+        json!("90"),
+    ] {
+        let body = json!({"retention_days": days});
+        let reply = svc.call("PUT", put, &admin, Some(body)).await;
+        assert_eq!(reply.status, 422, "{days}: {}", reply.body);
+        assert_eq!(reply.error(), "invalid_request");
+    }
     // Nothing refused was stored: the policy is still the config's (inactive).
     let reply = svc
         .call("GET", "/admin/retention/policies", &admin, None)

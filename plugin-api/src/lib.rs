@@ -10,6 +10,7 @@
 //! ```
 
 mod ack;
+pub mod bounds;
 mod component;
 mod listeners;
 mod model;

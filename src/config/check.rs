@@ -57,6 +57,20 @@ impl Checker<'_> {
         });
     }
 
+    /// An error about the key a "key: message" names, below `path`: placed at `path`, with the
+    /// key's line where it is written.
+    fn key_error(&mut self, path: &[&str], message: String) {
+        let mut located = path.to_vec();
+        if let Some((key, _)) = message.split_once(": ").filter(|(k, _)| !k.contains(' ')) {
+            located.extend(key.split('.'));
+        }
+        self.errors.push(ConfigError {
+            place: path.join("."),
+            line: locate::line_of(self.text, &located),
+            message,
+        });
+    }
+
     fn check(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Option<ServiceConfig> {
         let mut root: Value = match serde_yaml::from_str(self.text) {
             Ok(Value::Null) => Value::Mapping(Mapping::new()),
@@ -289,10 +303,11 @@ impl Checker<'_> {
         match serde_path_to_error::deserialize::<_, T>(setting) {
             Ok(settings) => {
                 let problems = settings.validate();
-                for problem in &problems {
-                    self.error(&["exporters", id, key], problem.clone());
+                let ok = problems.is_empty();
+                for problem in problems {
+                    self.key_error(&["exporters", id, key], problem);
                 }
-                problems.is_empty().then_some(settings)
+                ok.then_some(settings)
             }
             Err(error) => {
                 let mut path = vec!["exporters", id, key];
@@ -351,7 +366,12 @@ impl Checker<'_> {
         }
         let settings =
             match serde_path_to_error::deserialize::<_, ServiceSettings>(Value::Mapping(rest)) {
-                Ok(settings) => settings,
+                Ok(settings) => {
+                    for problem in settings.problems() {
+                        self.key_error(&["service"], problem);
+                    }
+                    settings
+                }
                 Err(error) => {
                     let key = error.path().to_string();
                     self.error(

@@ -16,6 +16,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use mcp_metrics_plugin::bounds::{DAY, HOUR, MILLISECOND, MINUTE, out_of_range};
 use mcp_metrics_plugin::{ExporterConfig, ExtensionConfig, ProcessorConfig, ReceiverConfig};
 use serde::{Deserialize, Serialize};
 
@@ -72,20 +73,22 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceSettings {
-    /// How long shutdown may take to drain every queue through every exporter.
+    /// How long shutdown may take to drain every queue through every exporter; 1ms to 1h.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
-    /// `/health` reports unhealthy once an exporter's exports have failed for this long.
+    /// `/health` reports unhealthy once an exporter's exports have failed for this long; 0 to
+    /// 30d.
     #[serde(with = "humantime_serde")]
     pub export_failure_threshold: Duration,
     /// Reload when the config file changes (besides SIGHUP and `POST /admin/reload`).
     pub watch_config: bool,
-    /// How often a watched config file is looked at.
+    /// How often a watched config file is looked at; 1ms to 1h.
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
     /// How long a request may wait, from its head and before its body is read, for room in a
     /// full pipeline before it is refused with 503. Room frees up a whole export at a time, so a
     /// short wait turns a client's immediate resend into one request taken; 0 refuses at once.
+    /// At most 1m.
     #[serde(with = "humantime_serde")]
     pub admission_wait: Duration,
 }
@@ -99,6 +102,36 @@ impl Default for ServiceSettings {
             watch_interval: Duration::from_secs(2),
             admission_wait: Duration::from_millis(250),
         }
+    }
+}
+
+impl ServiceSettings {
+    /// The keys out of their ranges, each message starting with its key.
+    pub fn problems(&self) -> Vec<String> {
+        [
+            out_of_range(
+                "shutdown_timeout",
+                self.shutdown_timeout,
+                MILLISECOND..=HOUR,
+            ),
+            out_of_range(
+                "export_failure_threshold",
+                self.export_failure_threshold,
+                Duration::ZERO..=30 * DAY,
+            ),
+            // A timer of this period is made even when nothing is watched; zero panics it.
+            out_of_range("watch_interval", self.watch_interval, MILLISECOND..=HOUR),
+            // Every request adds it to the clock (past what an `Instant` holds, a panic), and
+            // may wait that long holding a connection.
+            out_of_range(
+                "admission_wait",
+                self.admission_wait,
+                Duration::ZERO..=MINUTE,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mcp_metrics_plugin::bounds::{DAY, MILLISECOND, out_of_range};
 use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Exporter, ExporterConfig, ExporterRegistration,
     async_trait, inventory,
@@ -22,8 +23,9 @@ pub struct DatabaseConfig {
     /// (100 years); 0 keeps them all.
     /// A table's period set through the admin API takes precedence.
     pub retention_days: u32,
-    /// How often old rows are looked for; a pass that failed is tried again after as long, and
-    /// reported in `/health` until one succeeds. On PostgreSQL one replica at a time does it.
+    /// How often old rows are looked for, from 1ms to 30d; a pass that failed is tried again
+    /// after as long, and reported in `/health` until one succeeds. On PostgreSQL one replica at
+    /// a time does it.
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
 }
@@ -67,8 +69,8 @@ pub struct SqliteConfig {
     /// (100 years); 0 keeps them all.
     /// A table's period set through the admin API takes precedence.
     pub retention_days: u32,
-    /// How often old rows are looked for; a pass that failed is tried again after as long, and
-    /// reported in `/health` until one succeeds.
+    /// How often old rows are looked for, from 1ms to 30d; a pass that failed is tried again
+    /// after as long, and reported in `/health` until one succeeds.
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
 }
@@ -100,9 +102,12 @@ fn retention_problems(retention_days: u32, retention_interval: Duration) -> Vec<
             "retention_days: {retention_days} is more than {MAX_RETENTION_DAYS} (100 years); 0 keeps rows for ever"
         ));
     }
-    if retention_interval.is_zero() {
-        problems.push("retention_interval: must be more than zero".into());
-    }
+    // Zero panics the retention timer; passes a month apart already keep rows past their time.
+    problems.extend(out_of_range(
+        "retention_interval",
+        retention_interval,
+        MILLISECOND..=30 * DAY,
+    ));
     problems
 }
 

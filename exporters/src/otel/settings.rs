@@ -11,6 +11,9 @@ pub const DEFAULT_BUCKETS: [f64; 15] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Most histogram bucket bounds: classic histograms have tens.
+pub const MAX_BUCKETS: usize = 1000;
+
 /// Histogram bucket upper bounds in seconds. Reads a list of numbers, or text of comma-separated
 /// numbers as `HISTOGRAM_BUCKET_BOUNDARIES` gives it (`0.01,0.1,1`); null means the default.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +37,10 @@ impl Buckets {
         }
         if bounds.windows(2).any(|pair| pair[0] >= pair[1]) {
             return vec![format!("{key}: bounds must be strictly increasing")];
+        }
+        // Every histogram series holds a count per bucket, and prints a line per bucket.
+        if bounds.len() > MAX_BUCKETS {
+            return vec![format!("{key}: at most {MAX_BUCKETS} bounds")];
         }
         Vec::new()
     }
@@ -195,6 +202,10 @@ mod tests {
         assert!(serde_yaml::from_str::<Sample>("buckets: 'a,b'").is_err());
         assert!(!Buckets(vec![1.0, 0.5]).problems("b").is_empty());
         assert!(Buckets::default().problems("b").is_empty());
+        let most = Buckets((0..MAX_BUCKETS).map(|b| b as f64).collect());
+        assert!(most.problems("b").is_empty());
+        let more = Buckets((0..=MAX_BUCKETS).map(|b| b as f64).collect());
+        assert_eq!(more.problems("b"), ["b: at most 1000 bounds"]);
     }
 
     #[test]

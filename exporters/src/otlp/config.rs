@@ -1,6 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use mcp_metrics_plugin::bounds::{DAY, HOUR, MILLISECOND, out_of_range};
 use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Exporter, ExporterConfig, ExporterRegistration,
     async_trait, inventory,
@@ -66,15 +67,16 @@ pub struct OtlpConfig {
     pub protocol: Protocol,
     /// Headers sent with every push (for auth tokens); with gRPC, as request metadata.
     pub headers: BTreeMap<String, String>,
-    /// Time between pushes: milliseconds, or text such as `30s`. Null takes
-    /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds) from the environment, else 30 s.
+    /// Time between pushes, from 1ms to 1d: milliseconds, or text such as `30s`. Null (or 0)
+    /// takes `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds, held to the same range) from the
+    /// environment, else 30 s.
     #[serde(with = "millis_or_text")]
     pub export_interval: Option<Duration>,
-    /// How long one push may take, retries included.
+    /// How long one push may take, retries included; 1ms to 1h.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Retries of a failed push, with exponential backoff, within `timeout`. What a push still
-    /// fails to send goes with the next push (cumulative temporality).
+    /// Retries of a failed push (0 to 100), with exponential backoff, within `timeout`. What a
+    /// push still fails to send goes with the next push (cumulative temporality).
     pub max_retries: usize,
     /// `none` or `gzip`.
     pub compression: Compression,
@@ -84,11 +86,13 @@ pub struct OtlpConfig {
     pub service_name: String,
     /// More resource attributes, e.g. `deployment.environment: prod`.
     pub resource_attributes: BTreeMap<String, String>,
-    /// Upper bounds of the duration histograms' buckets, in seconds (see `prometheus`).
+    /// Upper bounds of the duration histograms' buckets, in seconds (see `prometheus`); 1 to
+    /// 1000 bounds.
     pub histogram_buckets: Buckets,
     /// The dimension keys that become attributes; null for every key.
     pub dimension_keys: Option<BTreeSet<String>>,
-    /// Most series (attribute sets) per metric type; points past it go to one overflow series.
+    /// Most series (attribute sets) per metric type, from 1 to 1000000; points past it go to one
+    /// overflow series.
     pub cardinality_limit: usize,
     /// Also push the service's own telemetry (receivers, queues, exporters).
     pub self_telemetry: bool,
@@ -140,13 +144,25 @@ impl OtlpConfig {
     pub fn interval(&self, env: impl Fn(&str) -> Option<String>) -> Duration {
         self.export_interval
             .filter(|i| !i.is_zero())
-            .or_else(|| {
-                env("OTEL_METRIC_EXPORT_INTERVAL")
-                    .and_then(|ms| ms.trim().parse::<u64>().ok())
-                    .filter(|ms| *ms > 0)
-                    .map(Duration::from_millis)
-            })
+            .or_else(|| env_interval(env))
             .unwrap_or(DEFAULT_EXPORT_INTERVAL)
+    }
+
+    /// What is wrong with the interval the environment gives, when the config gives none: a
+    /// number of milliseconds out of range is an error, as in the config (text that is not a
+    /// number is ignored, as the OpenTelemetry SDK ignores it).
+    pub fn env_problems(&self, env: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        if self.export_interval.is_some_and(|i| !i.is_zero()) || self.active_endpoint().is_none() {
+            return Vec::new();
+        }
+        match env_interval(env) {
+            Some(interval) if !EXPORT_INTERVALS.contains(&interval) => vec![format!(
+                "export_interval: not given, so OTEL_METRIC_EXPORT_INTERVAL ({} ms) is taken, \
+                 and it must be from 1 to 86400000 ms (1d)",
+                interval.as_millis()
+            )],
+            _ => Vec::new(),
+        }
     }
 
     pub fn recorder_settings(&self) -> RecorderSettings {
@@ -158,6 +174,18 @@ impl OtlpConfig {
             cardinality_limit: self.cardinality_limit,
         }
     }
+}
+
+/// The range of `export_interval`, given or from the environment: a pushing thread sleeps that
+/// long between pushes.
+const EXPORT_INTERVALS: std::ops::RangeInclusive<Duration> = MILLISECOND..=DAY;
+
+/// `OTEL_METRIC_EXPORT_INTERVAL`, milliseconds; none if unset, zero or not a number.
+fn env_interval(env: impl Fn(&str) -> Option<String>) -> Option<Duration> {
+    env("OTEL_METRIC_EXPORT_INTERVAL")
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
 }
 
 /// An `endpoint` key that is there, even as null, is `Some`: null turns the exporter off, while a
@@ -179,15 +207,26 @@ impl ComponentConfig for OtlpConfig {
         if let Err(problem) = super::header_map(&self.headers) {
             problems.push(problem);
         }
-        if self.timeout.is_zero() {
-            problems.push("timeout: must be more than zero".into());
+        // Zero takes the environment's interval, checked below.
+        if let Some(interval) = self.export_interval.filter(|i| !i.is_zero()) {
+            problems.extend(out_of_range("export_interval", interval, EXPORT_INTERVALS));
         }
-        if self.cardinality_limit == 0 || self.cardinality_limit > 1_000_000 {
-            problems.push("cardinality_limit: must be from 1 to 1000000".into());
-        }
+        problems.extend(
+            [
+                // A push's deadline is the time it starts plus `timeout`; past what the clock
+                // holds, the HTTP client drops the deadline and a stalled collector keeps the
+                // pushing thread for ever.
+                out_of_range("timeout", self.timeout, MILLISECOND..=HOUR),
+                out_of_range("max_retries", self.max_retries, 0..=100),
+                out_of_range("cardinality_limit", self.cardinality_limit, 1..=1_000_000),
+            ]
+            .into_iter()
+            .flatten(),
+        );
         if self.service_name.trim().is_empty() {
             problems.push("service_name: must not be empty".into());
         }
+        problems.extend(self.env_problems(|name| std::env::var(name).ok()));
         problems
     }
 }
@@ -267,6 +306,34 @@ mod tests {
         assert_eq!(c.interval(env), Duration::from_millis(1500));
         c.export_interval = Some(Duration::from_secs(5));
         assert_eq!(c.interval(env), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_interval_from_the_environment_is_held_to_the_config_s_range() {
+        let env = |ms: &'static str| {
+            move |name: &str| (name == "OTEL_METRIC_EXPORT_INTERVAL").then(|| ms.to_owned())
+        };
+        let on = config(Some("http://c:4318"), Protocol::HttpProtobuf);
+        assert_eq!(
+            on.env_problems(env("86400001")),
+            [
+                "export_interval: not given, so OTEL_METRIC_EXPORT_INTERVAL (86400001 ms) is taken, \
+              and it must be from 1 to 86400000 ms (1d)"
+            ]
+        );
+        assert_eq!(on.env_problems(env("18446744073709551615")).len(), 1);
+        // The top of the range, and what is ignored as before: zero, text, nothing.
+        for ms in ["86400000", "1", "0", "30s", ""] {
+            assert!(on.env_problems(env(ms)).is_empty(), "{ms}");
+        }
+        // A configured interval, or no endpoint, leaves the environment unread.
+        let given = OtlpConfig {
+            export_interval: Some(Duration::from_secs(5)),
+            ..on.clone()
+        };
+        assert!(given.env_problems(env("86400001")).is_empty());
+        let off = config(None, Protocol::HttpProtobuf);
+        assert!(off.env_problems(env("86400001")).is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use mcp_metrics_plugin::bounds::{DAY, HOUR, MILLISECOND, SECOND, out_of_range};
 use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Exporter, ExporterConfig, ExporterRegistration,
     async_trait, inventory,
@@ -27,17 +28,18 @@ pub struct PrometheusConfig {
     pub path: String,
     /// Upper bounds of the duration histograms' buckets, in seconds: a list, or text of
     /// comma-separated numbers (`HISTOGRAM_BUCKET_BOUNDARIES`); null for the default 0.005 … 300.
+    /// From 1 to 1000 bounds.
     pub histogram_buckets: Buckets,
     /// The dimension keys that become labels; null for every key.
     pub dimension_keys: Option<BTreeSet<String>>,
     /// Most series (label sets) per metric type; points that would make more are counted in one
-    /// overflow series (`otel_metric_overflow="true"`) and in a self-metric.
+    /// overflow series (`otel_metric_overflow="true"`) and in a self-metric. From 1 to 1000000.
     pub cardinality_limit: usize,
     /// Most bytes of one scrape: a new series is made only while the most its lines can take
-    /// fits beside the others'; else its points go to the overflow series.
+    /// fits beside the others'; else its points go to the overflow series. From 256KiB to 1GiB.
     pub max_scrape_size: ByteSize,
     /// A series not updated for this long is dropped (the overflow series too), so its place is
-    /// free again: the OpenTelemetry Collector's `metric_expiration`.
+    /// free again: the OpenTelemetry Collector's `metric_expiration`. From 1s to 30d.
     #[serde(with = "humantime_serde")]
     pub metric_expiration: Duration,
     /// Also show the service's own telemetry (receivers, queues, exporters) on this endpoint.
@@ -45,15 +47,17 @@ pub struct PrometheusConfig {
     /// The resource's `service.name`, shown as `target_info{service_name=...}`.
     pub service_name: String,
     /// How long a connection may take to send a request's head, counted from when it opens or
-    /// its previous answer was sent (so also the idle keep-alive timeout).
+    /// its previous answer was sent (so also the idle keep-alive timeout); 1ms to 1h.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// How long a request's body may take to arrive (a scrape has none).
+    /// How long a request's body may take to arrive (a scrape has none); 1ms to 1h.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
-    /// Most connections open at once; past it new ones wait in the listen backlog.
+    /// Most connections open at once, from 1 to 100000; past it new ones wait in the listen
+    /// backlog.
     pub max_connections: usize,
-    /// Most scrapes served at once; past it a scrape is answered 503 with `Retry-After`.
+    /// Most scrapes served at once, from 1 to 1000; past it a scrape is answered 503 with
+    /// `Retry-After`.
     pub max_concurrent_scrapes: usize,
 }
 
@@ -115,31 +119,37 @@ impl ComponentConfig for PrometheusConfig {
         if !self.path.starts_with('/') {
             problems.push("path: must start with /".into());
         }
-        if self.cardinality_limit == 0 || self.cardinality_limit > 1_000_000 {
-            problems.push("cardinality_limit: must be from 1 to 1000000".into());
-        }
-        for (key, timeout) in [
-            ("header_read_timeout", self.header_read_timeout),
-            ("body_read_timeout", self.body_read_timeout),
-        ] {
-            if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(3600) {
-                problems.push(format!("{key}: must be from 1ms to 1h"));
-            }
-        }
-        if !(1..=100_000).contains(&self.max_connections) {
-            problems.push("max_connections: must be from 1 to 100000".into());
-        }
         if !(MIN_SCRAPE_SIZE..=MAX_SCRAPE_SIZE).contains(&self.max_scrape_size) {
             problems.push("max_scrape_size: must be from 256KiB to 1GiB".into());
         }
-        if self.metric_expiration < Duration::from_secs(1)
-            || self.metric_expiration > Duration::from_secs(30 * 24 * 3600)
-        {
-            problems.push("metric_expiration: must be from 1s to 30d".into());
-        }
-        if !(1..=1_000).contains(&self.max_concurrent_scrapes) {
-            problems.push("max_concurrent_scrapes: must be from 1 to 1000".into());
-        }
+        problems.extend(
+            [
+                out_of_range("cardinality_limit", self.cardinality_limit, 1..=1_000_000),
+                out_of_range(
+                    "header_read_timeout",
+                    self.header_read_timeout,
+                    MILLISECOND..=HOUR,
+                ),
+                out_of_range(
+                    "body_read_timeout",
+                    self.body_read_timeout,
+                    MILLISECOND..=HOUR,
+                ),
+                out_of_range("max_connections", self.max_connections, 1..=100_000),
+                out_of_range(
+                    "metric_expiration",
+                    self.metric_expiration,
+                    SECOND..=30 * DAY,
+                ),
+                out_of_range(
+                    "max_concurrent_scrapes",
+                    self.max_concurrent_scrapes,
+                    1..=1_000,
+                ),
+            ]
+            .into_iter()
+            .flatten(),
+        );
         problems
     }
 }

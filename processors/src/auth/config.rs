@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcp_metrics_plugin::bounds::{HOUR, MILLISECOND, out_of_range};
 use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Consumer, Processor, ProcessorConfig,
     ProcessorRegistration, async_trait, inventory,
@@ -16,7 +17,8 @@ pub struct AuthConfig {
     /// The database whose `api_keys` table holds the keys: the id of a `database` extension, or
     /// a SQLite file path, `sqlite:///path` or `postgres://user:pass@host/db`.
     pub database: String,
-    /// How often the keys are re-read: a deactivated key is refused within this time.
+    /// How often the keys are re-read, from 1ms to 1h: a deactivated key is refused within this
+    /// time.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
     /// Every environment variable `<prefix><NAME>` is a key for service `<name>` (lower-cased,
@@ -40,9 +42,12 @@ impl ComponentConfig for AuthConfig {
         if let Err(problem) = Location::parse(&self.database) {
             problems.push(format!("database: {problem}"));
         }
-        if self.refresh_interval.is_zero() {
-            problems.push("refresh_interval: must be more than zero".into());
-        }
+        // Zero panics the refreshing timer; a deactivated key is admitted for up to this long.
+        problems.extend(out_of_range(
+            "refresh_interval",
+            self.refresh_interval,
+            MILLISECOND..=HOUR,
+        ));
         problems
     }
 }
