@@ -77,9 +77,9 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         service: String,
-        /// Requests per minute; without it the key follows the service's default
+        /// Requests per minute, at least 1; without it the key follows the service's default
         /// (the rate_limit processor's `default_limit`, METRICS_RATE_LIMIT in the default config).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         rate_limit: Option<u32>,
         /// May use the /admin endpoints.
         #[arg(long)]

@@ -53,6 +53,16 @@ fn keys_are_created_listed_and_revoked() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no key with id 99"));
+
+    // A limit of 0 would refuse every request: it is refused, and no key is made.
+    let output = mcp_metrics(dir.path())
+        .args(["keys", "create", "--service", "svc", "--rate-limit", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--rate-limit"));
+    let listed = stdout_of(mcp_metrics(dir.path()).args(["keys", "list"]));
+    assert!(!listed.contains("svc"), "{listed}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcp_metrics_plugin::bounds::out_of_range;
 use mcp_metrics_plugin::{
     BoxError, BuildContext, ComponentConfig, Consumer, Processor, ProcessorConfig,
     ProcessorRegistration, async_trait, inventory,
@@ -14,9 +15,11 @@ use super::fleet::Fleet;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Requests per minute for keys whose `rate_limit` column is empty (the contract: 1000).
+    /// Requests per minute for keys whose `rate_limit` column is empty (the contract: 1000),
+    /// from 1 to 1000000.
     pub default_limit: u32,
-    /// Most callers tracked at once; idle ones (full bucket) are forgotten first.
+    /// Most callers tracked at once, from 1 to 10000000; idle ones (full bucket) are forgotten
+    /// first.
     pub max_tracked_keys: usize,
     /// The database the replicas share: the id of a `database` extension, or a URL or a path.
     /// With PostgreSQL, a key's limit holds for the whole fleet; with SQLite or none, each
@@ -60,6 +63,8 @@ impl Default for RateLimitConfig {
 }
 
 /// Bounds of the numeric keys, checked at start-up.
+const MAX_LIMIT: u32 = 1_000_000;
+const MAX_TRACKED_KEYS: usize = 10_000_000;
 const LEASE_PERCENT: (f64, f64) = (0.01, 10.0);
 const LEASE_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
 const RETRY_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
@@ -67,12 +72,17 @@ const RETRY_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duratio
 impl ComponentConfig for RateLimitConfig {
     fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.default_limit == 0 {
-            problems.push("default_limit: must be at least 1 request per minute".into());
-        }
-        if self.max_tracked_keys == 0 {
-            problems.push("max_tracked_keys: must be at least 1".into());
-        }
+        problems.extend(out_of_range(
+            "default_limit",
+            self.default_limit,
+            1..=MAX_LIMIT,
+        ));
+        // Each tracked caller holds a bucket: the bound keeps a typo from meaning unbounded memory.
+        problems.extend(out_of_range(
+            "max_tracked_keys",
+            self.max_tracked_keys,
+            1..=MAX_TRACKED_KEYS,
+        ));
         let location = match self.database.as_deref().map(Location::parse) {
             Some(Err(problem)) => {
                 problems.push(format!("database: {problem}"));
@@ -186,5 +196,9 @@ mod tests {
         assert!(problems[1].starts_with("lease_timeout: must be from 1ms to 1m"));
         assert!(problems[2].contains("not 2h"), "{problems:?}");
         assert!(!config("lease_percent: .nan").validate().is_empty());
+        let problems = config("default_limit: 0\nmax_tracked_keys: 20000000").validate();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("default_limit: must be from 1 to 1000000"));
+        assert!(problems[1].starts_with("max_tracked_keys: must be from 1 to 10000000"));
     }
 }
