@@ -51,14 +51,14 @@ enum Command {
         #[arg(long, global = true)]
         database: Option<String>,
     },
-    /// Copy every row (keys, retention policies, metrics) from one database into another, for
-    /// instance from the SQLite file into PostgreSQL; rows already there are left as they are,
-    /// so it can be run again.
+    /// Copy every row (keys, retention policies, metrics) from a SQLite file into PostgreSQL.
+    /// Keys already there are left as they are; metric rows get new ids, so replicas may be
+    /// writing meanwhile. Run it once: a second run copies the metric rows again.
     Migrate {
-        /// The database to read: `sqlite:///path` or a path, or a `postgres://` URL.
+        /// The SQLite file to read: `sqlite:///path` or a path.
         #[arg(long)]
         from: String,
-        /// The database to write (migrated first): a `postgres://` URL, or a SQLite file.
+        /// The PostgreSQL database to write (migrated first): `postgres://user:pass@host/db`.
         #[arg(long)]
         to: String,
     },
