@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -261,13 +260,10 @@ async fn until_every_replica_answers(replicas: &[Replica], key: &str, status: u1
     started.elapsed()
 }
 
-fn cli(database: &str, args: &[&str]) -> String {
+/// `mcp-metrics args...` in a fresh folder; its output, which must be a success.
+fn cli(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let output = mcp_metrics(dir.path())
-        .args(args)
-        .args(["--database", database])
-        .output()
-        .unwrap();
+    let output = mcp_metrics(dir.path()).args(args).output().unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -294,14 +290,21 @@ async fn a_key_made_or_revoked_with_the_cli_holds_on_every_replica_within_a_seco
     });
     let from_env = "mcp_metrics_from-the-environment";
     until_every_replica_answers(&replicas, from_env, 200).await;
-    let listed = cli(&database, &["keys", "list"]);
+    let listed = cli(&["keys", "list", "--database", &database]);
     assert_eq!(
         listed.matches("gateway").count(),
         1,
         "one key registered: {listed}"
     );
 
-    let made = cli(&database, &["keys", "create", "--service", "svc"]);
+    let made = cli(&[
+        "keys",
+        "create",
+        "--service",
+        "svc",
+        "--database",
+        &database,
+    ]);
     let key = made.lines().last().unwrap().trim().to_owned();
     let id = made
         .split_whitespace()
@@ -313,7 +316,7 @@ async fn a_key_made_or_revoked_with_the_cli_holds_on_every_replica_within_a_seco
     assert!(took < Duration::from_secs(1), "a new key took {took:?}");
 
     let revoked_at = Instant::now();
-    cli(&database, &["keys", "revoke", &id]);
+    cli(&["keys", "revoke", &id, "--database", &database]);
     // The revoke command's own run (a process start and a connection) counts against the second.
     let took = until_every_replica_answers(&replicas, &key, 401).await + revoked_at.elapsed();
     eprintln!("revoked on every replica {took:?} after the command started");
@@ -493,7 +496,7 @@ async fn migrating_a_sqlite_file_into_postgres_keeps_every_row() {
     let server = PostgresServer::start();
     let postgres = server.create_database("migrated");
     let from = format!("sqlite://{}", file.display());
-    let printed = cli_migrate(dir.path(), &from, &postgres);
+    let printed = cli(&["migrate", "--from", &from, "--to", &postgres]);
     assert!(printed.contains("metrics: 3 rows"), "{printed}");
 
     let target = Database::open(&postgres).await.unwrap();
@@ -567,19 +570,6 @@ async fn migrating_a_sqlite_file_into_postgres_keeps_every_row() {
         common::example_request()["metrics"][0]["dimensions"],
         "dimensions as jsonb"
     );
-}
-
-fn cli_migrate(dir: &Path, from: &str, to: &str) -> String {
-    let output = mcp_metrics(dir)
-        .args(["migrate", "--from", from, "--to", to])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
