@@ -11,7 +11,7 @@ use crate::{METRIC_TABLES, Store, timestamp_text};
 pub(crate) const CHUNK: usize = 1_000;
 
 /// The longest retention period a policy may have: 100 years (36,500 days). The admin API and
-/// the `sqlite` exporter's `retention_days` refuse more.
+/// the `database` exporter's `retention_days` refuse more.
 pub const MAX_RETENTION_DAYS: u32 = 36_500;
 
 /// The moment before which rows are older than `days`. Checked arithmetic: a period reaching
@@ -29,7 +29,7 @@ pub struct RetentionPolicy {
     pub table_name: String,
     pub retention_days: u32,
     pub is_active: bool,
-    /// `config` (from the sqlite exporter's `retention_days`) or `admin` (set through the API).
+    /// `config` (from the `database` exporter's `retention_days`) or `admin` (set through the API).
     pub set_by: String,
     pub updated_at: String,
 }
