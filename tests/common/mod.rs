@@ -275,6 +275,15 @@ pub fn mcp_metrics(dir: &Path) -> Command {
 pub async fn spawn_with_config(
     config: &str,
 ) -> (tempfile::TempDir, ServiceProcess, String, String) {
+    let (dir, child, mut addresses, key) = spawn_in_fresh_folder(config, &["receiver=http"]).await;
+    (dir, child, addresses.remove(0), key)
+}
+
+/// [`spawn_with_config`], waiting for the logged address of each of `components`.
+async fn spawn_in_fresh_folder(
+    config: &str,
+    components: &[&str],
+) -> (tempfile::TempDir, ServiceProcess, Vec<String>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pipelines.yaml");
     std::fs::write(&path, config).unwrap();
@@ -285,9 +294,11 @@ pub async fn spawn_with_config(
         .await
         .unwrap()
         .1;
-    let (child, address, _log) =
-        spawn_service(mcp_metrics(dir.path()).args(["run", "--config"]).arg(&path));
-    (dir, child, address, key)
+    let (child, addresses, _log) = spawn_service_logging(
+        mcp_metrics(dir.path()).args(["run", "--config"]).arg(&path),
+        components,
+    );
+    (dir, child, addresses, key)
 }
 
 /// What `run --print-config` prints with `env` set, in a fresh folder; fails if it fails.
@@ -310,20 +321,8 @@ pub fn print_config(env: &[(&str, &str)]) -> String {
 pub async fn spawn_with_config_scraped(
     config: &str,
 ) -> (tempfile::TempDir, ServiceProcess, String, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pipelines.yaml");
-    std::fs::write(&path, config).unwrap();
-    let key = Store::open(dir.path().join("metrics.db"))
-        .await
-        .unwrap()
-        .create_key("svc", Some(1_000_000), false)
-        .await
-        .unwrap()
-        .1;
-    let (child, mut addresses, _log) = spawn_service_logging(
-        mcp_metrics(dir.path()).args(["run", "--config"]).arg(&path),
-        &["receiver=http", "exporter=prometheus"],
-    );
+    let components = ["receiver=http", "exporter=prometheus"];
+    let (dir, child, mut addresses, key) = spawn_in_fresh_folder(config, &components).await;
     let scrape = addresses.pop().unwrap();
     let address = addresses.pop().unwrap();
     (dir, child, address, key, scrape)
