@@ -586,10 +586,15 @@ async fn retention_and_the_admin_endpoints_work_on_postgres() {
         .1;
     let mut replica = Replica::start(&database, &[]);
     let client = reqwest::Client::new();
+    // An admin call: its status and JSON body.
     let call = |method: reqwest::Method, path: &str| {
-        client
+        let request = client
             .request(method, replica.url(path))
-            .header("X-API-Key", &admin)
+            .header("X-API-Key", &admin);
+        async move {
+            let reply = request.send().await.unwrap();
+            (reply.status(), reply.json::<Value>().await.unwrap())
+        }
     };
     // Two metrics of 2024 and one of now.
     let mut old = load_request(1);
@@ -605,16 +610,10 @@ async fn retention_and_the_admin_endpoints_work_on_postgres() {
         .await
         .unwrap();
     assert_eq!(reply.status(), 200);
-    let flushed = call(reqwest::Method::POST, "/flush").send().await.unwrap();
-    assert_eq!(flushed.status(), 200);
+    let (flushed, _) = call(reqwest::Method::POST, "/flush").await;
+    assert_eq!(flushed, 200);
 
-    let stats: Value = call(reqwest::Method::GET, "/admin/database/stats")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, stats) = call(reqwest::Method::GET, "/admin/database/stats").await;
     let tool = stats["tables"]
         .as_array()
         .unwrap()
@@ -625,35 +624,23 @@ async fn retention_and_the_admin_endpoints_work_on_postgres() {
     assert_eq!(tool["rows"], 3, "{stats}");
     assert_eq!(tool["oldest"], "2024-01-15T10:30:00.000000Z", "{stats}");
 
-    let set = call(
+    let (set, _) = call(
         reqwest::Method::PUT,
         "/admin/retention/policies/tool_metrics?retention_days=30",
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(set.status(), 200);
-    let preview: Value = call(
+    .await;
+    assert_eq!(set, 200);
+    let (_, preview) = call(
         reqwest::Method::GET,
         "/admin/retention/preview?table_name=tool_metrics",
     )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(preview["total_rows"], 2, "{preview}");
-    let cleanup: Value = call(
+    let (_, cleanup) = call(
         reqwest::Method::POST,
         "/admin/retention/cleanup?table_name=tool_metrics&dry_run=false",
     )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(cleanup["total_rows"], 2, "{cleanup}");
     let counts = Database::open(&database)
         .await
@@ -663,13 +650,7 @@ async fn retention_and_the_admin_endpoints_work_on_postgres() {
         .unwrap();
     assert_eq!((counts["tool_metrics"], counts["metrics"]), (1, 3));
 
-    let size: Value = call(reqwest::Method::GET, "/admin/database/size")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, size) = call(reqwest::Method::GET, "/admin/database/size").await;
     assert!(
         size["path"].as_str().unwrap().starts_with("postgres://"),
         "{size}"
