@@ -19,6 +19,7 @@ use std::time::Duration;
 use mcp_metrics_plugin::{CancellationToken, KeyInfo};
 
 use crate::postgres::KEYS_CHANGED;
+use crate::shared::OpenOnce;
 use crate::{Database, Location, PgStore, hash_key};
 
 const MAX_UNKNOWN: usize = 10_000;
@@ -35,32 +36,17 @@ pub struct KeyCache {
 
 /// The caches in use, by database and refresh interval (a reload that changes the interval gets a
 /// cache of its own, not the one it replaces).
-static SHARED: Mutex<Vec<(CacheOf, Weak<KeyCache>)>> = Mutex::new(Vec::new());
-
-/// What a cache is of: a database, refreshed every so often.
-type CacheOf = (Location, Duration);
-static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static SHARED: OpenOnce<(Location, Duration), KeyCache> = OpenOnce::new();
 
 impl KeyCache {
     /// The cache of `database`'s keys refreshed every `refresh`: the one this process has, or a
     /// new one, loaded and kept fresh for as long as anyone holds it.
     pub async fn shared(database: Database, refresh: Duration) -> anyhow::Result<Arc<KeyCache>> {
-        let _one_at_a_time = MAKING.lock().await;
-        let location = (database.location(), refresh);
-        let existing = SHARED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(at, _)| *at == location)
-            .and_then(|(_, cache)| cache.upgrade());
-        if let Some(cache) = existing {
-            return Ok(cache);
-        }
-        let cache = KeyCache::start(database, refresh).await?;
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        shared.retain(|(_, cache)| cache.strong_count() > 0);
-        shared.push((location, Arc::downgrade(&cache)));
-        Ok(cache)
+        SHARED
+            .get_or_make((database.location(), refresh), || {
+                KeyCache::start(database, refresh)
+            })
+            .await
     }
 
     async fn start(database: Database, refresh: Duration) -> anyhow::Result<Arc<KeyCache>> {

@@ -13,16 +13,18 @@ mod migrate;
 mod postgres;
 mod retention;
 mod rows;
+mod shared;
 mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use shared::OpenOnce;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
@@ -52,66 +54,46 @@ pub struct Store {
 }
 
 /// Stores open in this process, by canonical path.
-static OPEN: Mutex<Vec<(PathBuf, Weak<Store>)>> = Mutex::new(Vec::new());
-static OPENING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static OPEN: OpenOnce<PathBuf, Store> = OpenOnce::new();
 
 impl Store {
     /// Opens (creating the file and its folder if needed) and migrates the database at `path`, or
     /// returns the store this process already has open for it.
     pub async fn open(path: impl AsRef<Path>) -> anyhow::Result<Arc<Store>> {
         let path = path.as_ref();
-        let _one_at_a_time = OPENING.lock().await;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             private_folder(parent)
                 .with_context(|| format!("cannot create folder {}", parent.display()))?;
         }
         private_file(path).with_context(|| format!("cannot create database {}", path.display()))?;
-        let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .pragma("temp_store", "memory")
-            .pragma("cache_size", "-2000");
-        // The file exists now, so it has a canonical path.
-        let first = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .with_context(|| format!("cannot open database {}", path.display()))?;
+        // The file exists now, so it has a canonical path: one name for every way of writing it.
         let canonical = std::fs::canonicalize(path)?;
-        if let Some(store) = Self::already_open(&canonical) {
-            first.close().await;
-            return Ok(store);
-        }
-        first.close().await;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("cannot open database {}", path.display()))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .with_context(|| format!("cannot migrate database {}", path.display()))?;
-        let store = Arc::new(Store {
-            pool,
-            writer: tokio::sync::Mutex::new(None),
-            path: canonical.clone(),
-        });
-        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|(_, weak)| weak.strong_count() > 0);
-        open.push((canonical, Arc::downgrade(&store)));
-        Ok(store)
-    }
-
-    fn already_open(canonical: &Path) -> Option<Arc<Store>> {
-        let open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
-        open.iter()
-            .find(|(path, _)| path == canonical)
-            .and_then(|(_, weak)| weak.upgrade())
+        OPEN.get_or_make(canonical.clone(), || async {
+            let options = SqliteConnectOptions::from_str("sqlite:")?
+                .filename(&canonical)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .pragma("temp_store", "memory")
+                .pragma("cache_size", "-2000");
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .min_connections(1)
+                .connect_with(options)
+                .await
+                .with_context(|| format!("cannot open database {}", path.display()))?;
+            MIGRATOR
+                .run(&pool)
+                .await
+                .with_context(|| format!("cannot migrate database {}", path.display()))?;
+            Ok(Arc::new(Store {
+                pool,
+                writer: tokio::sync::Mutex::new(None),
+                path: canonical.clone(),
+            }))
+        })
+        .await
     }
 
     pub fn pool(&self) -> &SqlitePool {
