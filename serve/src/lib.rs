@@ -91,7 +91,10 @@ pub async fn serve(
 /// A request body that fails with [`BodyTimeout`] when it is not complete by its deadline.
 struct Deadline {
     body: Incoming,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    /// Set only once the body is waited for: most bodies arrive with their head, and a timer
+    /// per request costs a refusal or a small request more than its answer does.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     after: Duration,
 }
 
@@ -99,7 +102,8 @@ impl Deadline {
     fn new(body: Incoming, after: Duration) -> Deadline {
         Deadline {
             body,
-            sleep: Box::pin(tokio::time::sleep(after)),
+            deadline: tokio::time::Instant::now() + after,
+            sleep: None,
             after,
         }
     }
@@ -147,7 +151,11 @@ impl http_body::Body for Deadline {
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        if this.sleep.as_mut().poll(cx).is_ready() {
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(Box::new(BodyTimeout(this.after)))));
         }
         Poll::Pending
