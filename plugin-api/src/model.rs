@@ -34,6 +34,11 @@ impl MetricType {
         MetricType::Custom,
     ];
 
+    /// Its place in [`ALL`](Self::ALL), for tables indexed by type.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The name on the wire and in the database.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -224,6 +229,13 @@ pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_metric_type_index_is_its_place_in_all() {
+        for (place, metric_type) in MetricType::ALL.into_iter().enumerate() {
+            assert_eq!(metric_type.index(), place);
+        }
+    }
 
     fn request(id: &str, n: usize) -> Request {
         let context = RequestContext {

@@ -76,7 +76,9 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .pragma("temp_store", "memory")
-                .pragma("cache_size", "-2000");
+                .pragma("cache_size", "-2000")
+                // Every INSERT shape of every metrics table stays prepared (see `rows`).
+                .statement_cache_capacity(rows::STATEMENT_SHAPES);
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .min_connections(1)

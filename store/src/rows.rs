@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use mcp_metrics_plugin::{Batch, Metric, MetricType, RequestContext};
-use sqlx::sqlite::{Sqlite, SqliteArguments};
-use sqlx::{AssertSqlSafe, SqliteConnection};
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Arguments, AssertSqlSafe, SqliteConnection};
 
 use crate::columns::{authenticated_service, boolean, integer, json_text, real, text};
 use crate::idempotency::{keyed_parts, unseen};
@@ -17,19 +18,47 @@ use crate::{Store, timestamp_text};
 /// below SQLite's limit (32766).
 const ROWS_PER_STATEMENT: usize = 500;
 
-type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
+/// Up to this many rows, a table's rows are written by one statement of exactly their number.
+const EXACT_SHAPES: usize = 32;
 
-/// One metric ready to be written.
+/// Statement shapes the writer may prepare: for each metrics table, one per exact size, one per
+/// power of two above them and the full statement; and a few more.
+pub(crate) const STATEMENT_SHAPES: usize =
+    crate::METRIC_TABLES.len() * (EXACT_SHAPES + ROWS_PER_STATEMENT.ilog2() as usize) + 16;
+
+/// One metric ready to be written. Its text columns are shared (`Arc<str>`): binding one costs
+/// a reference count, where binding a `String` costs a copy and two allocations, per row and
+/// column.
 struct Row<'a> {
-    context: &'a RequestContext,
+    request: Arc<RequestColumns>,
     metric: &'a Metric,
-    timestamp: String,
+    metric_type: Arc<str>,
+    timestamp: Arc<str>,
+}
+
+/// A request's columns, shared by its rows.
+struct RequestColumns {
+    request_id: Arc<str>,
+    service: Arc<str>,
+    version: Option<Arc<str>>,
+    instance_id: Option<Arc<str>>,
+}
+
+impl RequestColumns {
+    fn of(context: &RequestContext) -> Arc<RequestColumns> {
+        Arc::new(RequestColumns {
+            request_id: context.request_id.as_str().into(),
+            service: context.service.as_str().into(),
+            version: context.version.as_deref().map(Arc::from),
+            instance_id: context.instance_id.as_deref().map(Arc::from),
+        })
+    }
 }
 
 struct Table {
     name: &'static str,
     columns: &'static [&'static str],
-    bind: for<'q> fn(Query<'q>, &Row<'_>) -> Query<'q>,
+    bind: fn(&mut SqliteArguments, &Row<'_>) -> Result<(), BoxDynError>,
 }
 
 const METRICS: Table = Table {
@@ -46,19 +75,18 @@ const METRICS: Table = Table {
         "dimensions",
         "metadata",
     ],
-    bind: |query, row| {
-        let (context, metric) = (row.context, row.metric);
-        query
-            .bind(context.request_id.clone())
-            .bind(context.service.clone())
-            .bind(context.version.clone())
-            .bind(context.instance_id.clone())
-            .bind(metric.metric_type.as_str())
-            .bind(row.timestamp.clone())
-            .bind(metric.value)
-            .bind(metric.duration_ms)
-            .bind(json_text(&metric.dimensions))
-            .bind(json_text(&metric.metadata))
+    bind: |args, row| {
+        let (request, metric) = (&row.request, row.metric);
+        args.add(request.request_id.clone())?;
+        args.add(request.service.clone())?;
+        args.add(request.version.clone())?;
+        args.add(request.instance_id.clone())?;
+        args.add(row.metric_type.clone())?;
+        args.add(row.timestamp.clone())?;
+        args.add(metric.value)?;
+        args.add(metric.duration_ms)?;
+        args.add(json_text(&metric.dimensions))?;
+        args.add(json_text(&metric.metadata))
     },
 };
 
@@ -76,15 +104,15 @@ const AUTH_METRICS: Table = Table {
         "error_code",
         "authenticated_service",
     ],
-    bind: |query, row| {
+    bind: |args, row| {
         let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
-        bind_common(query, row)
-            .bind(boolean(dimensions.get("success")))
-            .bind(text(dimensions.get("method")))
-            .bind(text(dimensions.get("server")))
-            .bind(text(dimensions.get("user_hash")))
-            .bind(text(metadata.get("error_code")))
-            .bind(authenticated_service(metadata))
+        bind_common(args, row)?;
+        args.add(boolean(dimensions.get("success")))?;
+        args.add(text(dimensions.get("method")))?;
+        args.add(text(dimensions.get("server")))?;
+        args.add(text(dimensions.get("user_hash")))?;
+        args.add(text(metadata.get("error_code")))?;
+        args.add(authenticated_service(metadata))
     },
 };
 
@@ -103,16 +131,16 @@ const DISCOVERY_METRICS: Table = Table {
         "faiss_search_time_ms",
         "authenticated_service",
     ],
-    bind: |query, row| {
+    bind: |args, row| {
         let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
-        bind_common(query, row)
-            .bind(text(dimensions.get("query")))
-            .bind(integer(dimensions.get("results_count")))
-            .bind(integer(dimensions.get("top_k_services")))
-            .bind(integer(dimensions.get("top_n_tools")))
-            .bind(real(metadata.get("embedding_time_ms")))
-            .bind(real(metadata.get("faiss_search_time_ms")))
-            .bind(authenticated_service(metadata))
+        bind_common(args, row)?;
+        args.add(text(dimensions.get("query")))?;
+        args.add(integer(dimensions.get("results_count")))?;
+        args.add(integer(dimensions.get("top_k_services")))?;
+        args.add(integer(dimensions.get("top_n_tools")))?;
+        args.add(real(metadata.get("embedding_time_ms")))?;
+        args.add(real(metadata.get("faiss_search_time_ms")))?;
+        args.add(authenticated_service(metadata))
     },
 };
 
@@ -132,27 +160,26 @@ const TOOL_METRICS: Table = Table {
         "output_size_bytes",
         "authenticated_service",
     ],
-    bind: |query, row| {
+    bind: |args, row| {
         let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
-        bind_common(query, row)
-            .bind(text(dimensions.get("tool_name")))
-            .bind(text(dimensions.get("server_path")))
-            .bind(text(dimensions.get("server_name")))
-            .bind(boolean(dimensions.get("success")))
-            .bind(text(metadata.get("error_code")))
-            .bind(integer(metadata.get("input_size_bytes")))
-            .bind(integer(metadata.get("output_size_bytes")))
-            .bind(authenticated_service(metadata))
+        bind_common(args, row)?;
+        args.add(text(dimensions.get("tool_name")))?;
+        args.add(text(dimensions.get("server_path")))?;
+        args.add(text(dimensions.get("server_name")))?;
+        args.add(boolean(dimensions.get("success")))?;
+        args.add(text(metadata.get("error_code")))?;
+        args.add(integer(metadata.get("input_size_bytes")))?;
+        args.add(integer(metadata.get("output_size_bytes")))?;
+        args.add(authenticated_service(metadata))
     },
 };
 
 /// The columns every typed table starts with.
-fn bind_common<'q>(query: Query<'q>, row: &Row<'_>) -> Query<'q> {
-    query
-        .bind(row.context.request_id.clone())
-        .bind(row.timestamp.clone())
-        .bind(row.context.service.clone())
-        .bind(row.metric.duration_ms)
+fn bind_common(args: &mut SqliteArguments, row: &Row<'_>) -> Result<(), BoxDynError> {
+    args.add(row.request.request_id.clone())?;
+    args.add(row.timestamp.clone())?;
+    args.add(row.request.service.clone())?;
+    args.add(row.metric.duration_ms)
 }
 
 /// The typed table a metric also lands in, if any.
@@ -191,17 +218,29 @@ async fn write_rows(connection: &mut SqliteConnection, batch: &Batch) -> Result<
     use sqlx::Connection;
     let mut tx = connection.begin().await?;
     let seen = record_keyed_parts(&mut tx, batch).await?;
+    let metric_types = MetricType::ALL.map(|t| Arc::<str>::from(t.as_str()));
+    let mut request: Option<(&RequestContext, Arc<RequestColumns>)> = None;
     let rows: Vec<Row> = unseen(batch, &seen)
-        .map(|(context, metric)| Row {
-            context,
-            metric,
-            timestamp: timestamp_text(&metric.timestamp),
+        .map(|(context, metric)| {
+            let columns = match &request {
+                Some((of, columns)) if std::ptr::eq(*of, context) => columns.clone(),
+                _ => request
+                    .insert((context, RequestColumns::of(context)))
+                    .1
+                    .clone(),
+            };
+            Row {
+                request: columns,
+                metric,
+                metric_type: metric_types[metric.metric_type.index()].clone(),
+                timestamp: timestamp_text(&metric.timestamp).into(),
+            }
         })
         .collect();
     insert(&mut tx, &METRICS, rows.iter()).await?;
     for table in [&AUTH_METRICS, &DISCOVERY_METRICS, &TOOL_METRICS] {
         let typed = rows.iter().filter(|row| {
-            typed_table(row.metric.metric_type).is_some_and(|t| t.name == table.name)
+            typed_table(row.metric.metric_type).is_some_and(|t| std::ptr::eq(t, table))
         });
         insert(&mut tx, table, typed).await?;
     }
@@ -242,22 +281,30 @@ async fn insert<'a>(
     let rows: Vec<&Row> = rows.collect();
     let mut rest = &rows[..];
     while !rest.is_empty() {
-        // Full statements, then the rest in powers of two: a handful of statement shapes per
-        // table, so the driver's cache of prepared statements stays small.
-        let size = if rest.len() >= ROWS_PER_STATEMENT {
-            ROWS_PER_STATEMENT
-        } else {
-            1 << rest.len().ilog2()
-        };
-        let (chunk, tail) = rest.split_at(size);
+        let (chunk, tail) = rest.split_at(statement_rows(rest.len()));
         rest = tail;
-        let mut query = sqlx::query(AssertSqlSafe(insert_sql(table, chunk.len())));
+        let mut args = SqliteArguments::default();
+        args.reserve(chunk.len() * table.columns.len(), 0);
         for row in chunk {
-            query = (table.bind)(query, row);
+            (table.bind)(&mut args, row).map_err(sqlx::Error::Encode)?;
         }
-        query.execute(&mut *conn).await?;
+        sqlx::query_with(AssertSqlSafe(insert_sql(table, chunk.len())), args)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
+}
+
+/// How many of `remaining` rows the next statement writes: full statements, then the rest in
+/// powers of two down to [`EXACT_SHAPES`] rows, which go in one statement of their own size. So
+/// a table has few statement shapes, which the driver's cache keeps prepared, and a small batch
+/// (durable mode's group commits) costs one round trip to the driver's thread per table.
+fn statement_rows(remaining: usize) -> usize {
+    match remaining {
+        n if n >= ROWS_PER_STATEMENT => ROWS_PER_STATEMENT,
+        n if n <= EXACT_SHAPES => n,
+        n => 1 << n.ilog2(),
+    }
 }
 
 /// `INSERT INTO t (a, b) VALUES (?, ?), (?, ?) ...` for `rows` rows, built once per shape so the
@@ -286,6 +333,24 @@ fn insert_sql(table: &Table, rows: usize) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_write_every_row_in_few_shapes() {
+        let mut shapes = HashSet::new();
+        for rows in 0..=2 * ROWS_PER_STATEMENT + 1 {
+            let (mut left, mut statements) = (rows, 0);
+            while left > 0 {
+                let size = statement_rows(left);
+                shapes.insert(size);
+                left -= size;
+                statements += 1;
+            }
+            if rows <= EXACT_SHAPES {
+                assert!(statements <= 1, "{rows} rows took {statements} statements");
+            }
+        }
+        assert!(shapes.len() * crate::METRIC_TABLES.len() < STATEMENT_SHAPES);
+    }
 
     #[test]
     fn insert_sql_has_one_tuple_per_row() {

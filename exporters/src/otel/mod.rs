@@ -41,10 +41,7 @@ pub fn instrument_names(metric_type: MetricType) -> (&'static str, &'static str)
 
 /// The position of `metric_type` in [`MetricType::ALL`], for arrays kept per metric type.
 pub fn type_index(metric_type: MetricType) -> usize {
-    MetricType::ALL
-        .iter()
-        .position(|t| *t == metric_type)
-        .unwrap_or(0)
+    metric_type.index()
 }
 
 /// How an exporter turns metrics into series.
