@@ -120,7 +120,7 @@ impl ValidateProcessor {
                 limits.max_depth
             ));
         }
-        let size = serde_json::to_string(attributes).map_or(usize::MAX, |text| text.len());
+        let size = json_size(attributes);
         if size > limits.max_attributes_bytes {
             return Err(format!(
                 "{field}: {size} bytes as JSON, at most {} allowed",
@@ -142,6 +142,26 @@ fn check_length(field: &str, value: Option<&str>, max: usize, problems: &mut Vec
     }
 }
 
+/// How many bytes `attributes` take as compact JSON, counted as they are written rather than
+/// written into a string: every metric is measured, and almost all are far below the limit.
+fn json_size(attributes: &Map<String, Value>) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, attributes) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// Levels of objects and arrays below a value: 0 for a scalar.
 fn nesting(value: &Value) -> usize {
     match value {
@@ -160,5 +180,15 @@ mod tests {
     fn nesting_counts_levels_below_the_value() {
         assert_eq!(nesting(&json!(1)), 0);
         assert_eq!(nesting(&json!({"a": [1, {"b": 2}]})), 3);
+    }
+
+    #[test]
+    fn json_size_is_the_length_of_the_compact_json() {
+        let attributes = json!({"tool": "séarch \"q\"", "n": [1, 2.5, null], "ok": true});
+        let attributes = attributes.as_object().unwrap();
+        assert_eq!(
+            json_size(attributes),
+            serde_json::to_string(attributes).unwrap().len()
+        );
     }
 }
