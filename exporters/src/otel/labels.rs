@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 
 use mcp_metrics_plugin::{Metric, RequestContext};
-use opentelemetry::KeyValue;
 use serde_json::Value;
 
 /// Labels every series has; a dimension of the same name is renamed `exported_<name>`.
@@ -43,10 +42,11 @@ pub struct LabelPolicy {
     pub allow: Option<BTreeSet<String>>,
 }
 
-/// The labels of one series.
+/// The labels of one series, as (name, value) pairs: what the Prometheus exporter keys its series
+/// by, and what the OTLP one turns into attributes.
 #[derive(Debug, PartialEq)]
 pub struct SeriesLabels {
-    pub labels: Vec<KeyValue>,
+    pub labels: Vec<(String, String)>,
     /// Whether dimensions were left out because the series was at its label bounds.
     pub dimensions_dropped: bool,
 }
@@ -79,18 +79,15 @@ impl LabelPolicy {
         dimensions: &serde_json::Map<String, Value>,
     ) -> SeriesLabels {
         let mut labels = vec![
-            KeyValue::new("service", service.to_owned()),
-            KeyValue::new("metric_type", metric_type.to_owned()),
+            ("service".to_owned(), service.to_owned()),
+            ("metric_type".to_owned(), metric_type.to_owned()),
         ];
         let mut bytes = "service".len() + service.len() + "metric_type".len() + metric_type.len();
         if let Some(authenticated) = authenticated_service.filter(|a| *a != service) {
-            labels.push(KeyValue::new(
-                AUTHENTICATED_SERVICE,
-                authenticated.to_owned(),
-            ));
+            labels.push((AUTHENTICATED_SERVICE.to_owned(), authenticated.to_owned()));
             bytes += AUTHENTICATED_SERVICE.len() + authenticated.len();
         }
-        let mut names: BTreeSet<String> = BTreeSet::new();
+        let mut dimension_labels = 0;
         let mut keys: Vec<&String> = dimensions.keys().collect();
         keys.sort();
         for key in keys {
@@ -105,19 +102,19 @@ impl LabelPolicy {
                 continue;
             };
             // Two keys that sanitise alike ("a.b", "a-b"): the first in key order wins.
-            if names.contains(&name) {
+            if labels.iter().any(|(taken, _)| *taken == name) {
                 continue;
             }
             let size = name.len() + value.len();
-            if names.len() == MAX_DIMENSION_LABELS || bytes + size > MAX_SERIES_LABEL_BYTES {
+            if dimension_labels == MAX_DIMENSION_LABELS || bytes + size > MAX_SERIES_LABEL_BYTES {
                 return SeriesLabels {
                     labels,
                     dimensions_dropped: true,
                 };
             }
             bytes += size;
-            names.insert(name.clone());
-            labels.push(KeyValue::new(name, value));
+            dimension_labels += 1;
+            labels.push((name, value));
         }
         SeriesLabels {
             labels,
@@ -175,11 +172,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pairs(labels: &[KeyValue]) -> Vec<(String, String)> {
-        labels
-            .iter()
-            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
-            .collect()
+    fn pairs(labels: &[(String, String)]) -> Vec<(String, String)> {
+        labels.to_vec()
     }
 
     #[test]

@@ -134,7 +134,11 @@ impl Recorder {
             if series.dimensions_dropped {
                 dimensions_dropped[index] += 1;
             }
-            let mut labels = series.labels;
+            let mut labels: Vec<KeyValue> = series
+                .labels
+                .into_iter()
+                .map(|(name, value)| KeyValue::new(name, value))
+                .collect();
             if !self.admit(stream, &labels) {
                 overflowed[index] += 1;
                 labels = vec![

@@ -187,11 +187,7 @@ impl Running {
                 if series.dimensions_dropped {
                     dimensions_dropped[type_index] += 1;
                 }
-                let mut labels: Vec<(String, String)> = series
-                    .labels
-                    .into_iter()
-                    .map(|kv| (kv.key.as_str().to_owned(), kv.value.as_str().into_owned()))
-                    .collect();
+                let mut labels = series.labels;
                 labels.sort_unstable();
                 Point {
                     type_index,
