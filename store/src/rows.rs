@@ -61,7 +61,7 @@ struct Table {
     bind: fn(&mut SqliteArguments, &Row<'_>) -> Result<(), BoxDynError>,
 }
 
-const METRICS: Table = Table {
+static METRICS: Table = Table {
     name: "metrics",
     columns: &[
         "request_id",
@@ -90,7 +90,7 @@ const METRICS: Table = Table {
     },
 };
 
-const AUTH_METRICS: Table = Table {
+static AUTH_METRICS: Table = Table {
     name: "auth_metrics",
     columns: &[
         "request_id",
@@ -116,7 +116,7 @@ const AUTH_METRICS: Table = Table {
     },
 };
 
-const DISCOVERY_METRICS: Table = Table {
+static DISCOVERY_METRICS: Table = Table {
     name: "discovery_metrics",
     columns: &[
         "request_id",
@@ -144,7 +144,7 @@ const DISCOVERY_METRICS: Table = Table {
     },
 };
 
-const TOOL_METRICS: Table = Table {
+static TOOL_METRICS: Table = Table {
     name: "tool_metrics",
     columns: &[
         "request_id",
