@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use mcp_metrics_store::Store;
 
 use crate::load::{self, Load};
-use crate::{Options, RunFigures};
+use crate::{Options, RunFigures, workload};
 
 /// Who sends the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +121,7 @@ fn create_key(options: &Options, database: &Path) -> anyhow::Result<String> {
 async fn rows(database: &Path) -> anyhow::Result<i64> {
     let store = Store::open(database).await?;
     let count = store.row_counts().await?["metrics"];
+    workload::check_typed_rows(&store).await?;
     store.close().await;
     Ok(count)
 }

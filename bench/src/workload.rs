@@ -89,8 +89,27 @@ pub async fn sqlite_ceiling(per_transaction: usize, duration: Duration) -> anyho
         }
     }
     let rate = written as f64 / started.elapsed().as_secs_f64();
+    check_typed_rows(&store).await?;
     store.close().await;
     Ok(rate)
+}
+
+/// Fails unless every typed row of `metrics` (auth, discovery, tool) is also in its own table: a
+/// writer that skipped those would look faster than one that does its whole job.
+pub async fn check_typed_rows(store: &Store) -> anyhow::Result<()> {
+    let counts = store.row_counts().await?;
+    let typed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM metrics \
+         WHERE metric_type IN ('auth_request', 'tool_discovery', 'tool_execution')",
+    )
+    .fetch_one(store.pool())
+    .await?;
+    let in_tables = counts["auth_metrics"] + counts["discovery_metrics"] + counts["tool_metrics"];
+    anyhow::ensure!(
+        typed == in_tables,
+        "{typed} typed rows in metrics but {in_tables} in the typed tables"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
