@@ -102,6 +102,10 @@ async fn run_with_no_flags_serves_the_contract_and_stops_cleanly_on_sigterm() {
             .env("METRICS_RETENTION_DAYS", "0"),
     );
 
+    // Transparent huge pages are off: a touched byte of the heap must not cost 2 MiB.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    assert!(status.contains("THP_enabled:\t0"), "{status}");
+
     let client = reqwest::Client::new();
     let body = json!({
         "service": "auth-server", "version": "1.0.0", "instance_id": "auth-01",

@@ -92,8 +92,8 @@ pub async fn serve(
 struct Deadline {
     body: Incoming,
     deadline: tokio::time::Instant,
-    /// Set only once the body is waited for: most bodies arrive with their head, and a timer
-    /// per request costs a refusal or a small request more than its answer does.
+    /// Made only once the body is waited for: most bodies arrive with their head, so most
+    /// requests (every refusal among them) never need one, nor its allocation.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     after: Duration,
 }

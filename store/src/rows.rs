@@ -21,10 +21,12 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// Up to this many rows, a table's rows are written by one statement of exactly their number.
 const EXACT_SHAPES: usize = 32;
 
-/// Statement shapes the writer may prepare: for each metrics table, one per exact size, one per
-/// power of two above them and the full statement; and a few more.
-pub(crate) const STATEMENT_SHAPES: usize =
-    crate::METRIC_TABLES.len() * (EXACT_SHAPES + ROWS_PER_STATEMENT.ilog2() as usize) + 16;
+/// Statements a connection keeps prepared: for each metrics table, one per exact size, one per
+/// power of two above them and the full one (36); and room for what the pool's other connections
+/// prepare (keys, retention, statistics).
+pub(crate) const STATEMENT_SHAPES: usize = crate::METRIC_TABLES.len()
+    * (EXACT_SHAPES + (ROWS_PER_STATEMENT.ilog2() - EXACT_SHAPES.ilog2()) as usize + 1)
+    + 64;
 
 /// One metric ready to be written. Its text columns are shared (`Arc<str>`): binding one costs
 /// a reference count, where binding a `String` costs a copy and two allocations, per row and
@@ -349,7 +351,7 @@ mod tests {
                 assert!(statements <= 1, "{rows} rows took {statements} statements");
             }
         }
-        assert!(shapes.len() * crate::METRIC_TABLES.len() < STATEMENT_SHAPES);
+        assert!(shapes.len() * crate::METRIC_TABLES.len() + 64 <= STATEMENT_SHAPES);
     }
 
     #[test]
