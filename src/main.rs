@@ -93,10 +93,10 @@ enum KeysCommand {
 
 /// Metrics arrive as many small JSON maps: a fast allocator that hands memory back keeps the hot
 /// path quick and the resident size low (the profile showed glibc's malloc and free at a third of
-/// the service's CPU). mimalloc 2 (`v2`) held less than 3 under the same load. Without
-/// transparent huge pages a touched byte costs 4 KiB of memory, not 2 MiB: an idle service held
-/// 20 MiB of huge pages for 2 MiB of heap. `no_thp` stops mimalloc asking for them, which is
-/// enough where the host gives them only on request (`madvise`, Debian's default);
+/// the service's CPU). mimalloc 2 (`v2`) held less memory than mimalloc 3 under the same load.
+/// Without transparent huge pages a touched byte costs 4 KiB of memory, not 2 MiB: an idle
+/// service held 20 MiB of huge pages for 2 MiB of heap. `no_thp` stops mimalloc asking for them,
+/// which is enough where the host gives them only on request (`madvise`, Debian's default);
 /// [`no_transparent_huge_pages`] covers hosts that give them always.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
