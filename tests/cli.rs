@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{mcp_metrics, metrics_request, spawn_service, terminate};
+use common::{mcp_metrics, metrics_request, proc_status, spawn_service, terminate};
 use serde_json::json;
 
 fn stdout_of(command: &mut Command) -> String {
@@ -103,7 +103,7 @@ async fn run_with_no_flags_serves_the_contract_and_stops_cleanly_on_sigterm() {
     );
 
     // Transparent huge pages are off: a touched byte of the heap must not cost 2 MiB.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let status = proc_status(child.id());
     assert!(status.contains("THP_enabled:\t0"), "{status}");
 
     let client = reqwest::Client::new();

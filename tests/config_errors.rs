@@ -589,13 +589,7 @@ async fn the_service_works_with_every_number_at_its_largest() {
         .unwrap();
     let status = reply.status();
     assert_eq!(status, 200, "{}", reply.text().await.unwrap());
-    let scraped = client
-        .get(format!("http://{scrape}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(scraped.status(), 200);
-    let scraped = scraped.text().await.unwrap();
+    let scraped = common::scrape(&client, scrape).await;
     assert!(scraped.contains("service=\"svc\""), "{scraped}");
     let health = client
         .get(format!("http://{address}/health"))

@@ -75,28 +75,6 @@ fn worst_metric(metric_type: &str, n: usize) -> Value {
     })
 }
 
-/// The process's resident memory, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap();
-    kib / 1024.0
-}
-
-async fn scrape(client: &reqwest::Client, address: &str) -> String {
-    let reply = client
-        .get(format!("http://{address}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reply.status(), 200);
-    reply.text().await.unwrap()
-}
-
 /// The value of one series in a scrape's text, labels sorted by name as the exporter writes
 /// them; a quick look that does not read the whole (large) exposition.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

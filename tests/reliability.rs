@@ -553,18 +553,6 @@ async fn durable_requests_are_answered_without_the_batch_timer_and_shutdown_is_p
     assert_eq!((counts["metrics"], counts["discovery_metrics"]), (3, 3));
 }
 
-/// The process's resident memory, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap();
-    kib / 1024.0
-}
-
 /// Overload with a stalled database: once the queues are full every request is refused with 503,
 /// and memory stops growing however long the load goes on. When the database is free again,
 /// every acknowledged metric lands.

@@ -257,6 +257,33 @@ pub fn metrics_request(
         .json(body)
 }
 
+/// The `/proc/<pid>/status` of a process.
+pub fn proc_status(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap()
+}
+
+/// The process's resident memory, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let kib: f64 = proc_status(pid)
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// The text of the Prometheus scrape endpoint at `address`, which must answer 200.
+pub async fn scrape(client: &reqwest::Client, address: &str) -> String {
+    let reply = client
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    reply.text().await.unwrap()
+}
+
 /// The `mcp-metrics` binary, run in `dir`, with no database path from the environment and the
 /// scrape endpoint on a free port (tests run side by side).
 pub fn mcp_metrics(dir: &Path) -> Command {
