@@ -172,10 +172,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pairs(labels: &[(String, String)]) -> Vec<(String, String)> {
-        labels.to_vec()
-    }
-
     #[test]
     fn names_are_made_valid() {
         assert_eq!(label_name("server.name").unwrap(), "server_name");
@@ -213,7 +209,7 @@ mod tests {
         let all = LabelPolicy::default().labels("auth", "auth_request", None, dimensions);
         assert!(!all.dimensions_dropped);
         assert_eq!(
-            pairs(&all.labels),
+            all.labels,
             [
                 ("service", "auth"),
                 ("metric_type", "auth_request"),
@@ -252,7 +248,7 @@ mod tests {
             .map(|i| (format!("k{i}"), json!("v".repeat(MAX_LABEL_VALUE_CHARS))))
             .collect();
         let series = LabelPolicy::default().labels("s", "custom", None, &dimensions);
-        let names: Vec<String> = pairs(&series.labels).into_iter().map(|(k, _)| k).collect();
+        let names: Vec<String> = series.labels.iter().map(|(k, _)| k.clone()).collect();
         assert_eq!(
             names,
             [
@@ -268,10 +264,7 @@ mod tests {
             ]
         );
         assert!(series.dimensions_dropped);
-        let bytes: usize = pairs(&series.labels)
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
+        let bytes: usize = series.labels.iter().map(|(k, v)| k.len() + v.len()).sum();
         assert!(bytes <= MAX_SERIES_LABEL_BYTES, "{bytes}");
     }
 }
