@@ -11,7 +11,7 @@ use mcp_metrics_store::{Database, PgWrite};
 use sqlx::Connection;
 
 use crate::load::{self, Load};
-use crate::server::wait_healthy;
+use crate::server::{self, wait_healthy};
 use crate::{Options, RunFigures, median_of, workload};
 
 /// Metrics per transaction in the ceilings: what the service's exporter queue merges at most.
@@ -145,13 +145,7 @@ async fn two_replicas(
         .map(|(_, url, _)| load::drive(url, &key, half, None));
     let halves = futures::future::try_join_all(drives).await?;
     for (mut child, _, _dir) in replicas {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
-        let status = child.wait()?;
-        if !status.success() {
-            bail!("a replica exited with {status} on SIGTERM");
-        }
+        server::stop(&mut child, "a replica")?;
     }
     let stored = store.row_counts().await?["metrics"];
     store.close().await;

@@ -86,15 +86,21 @@ pub async fn measure(
     figures.peak_rss_mb = peak_rss.load(Ordering::Relaxed) as f64 / 1024.0;
     figures.startup_ms = startup_ms;
 
+    stop(&mut child, "the service")?;
+    figures.stored = rows(&database).await? - rows_before;
+    Ok(figures)
+}
+
+/// Stops a service process with SIGTERM; fails unless it exits cleanly.
+pub fn stop(child: &mut Child, what: &str) -> anyhow::Result<()> {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
     let status = child.wait()?;
     if !status.success() {
-        bail!("the service exited with {status} on SIGTERM");
+        bail!("{what} exited with {status} on SIGTERM");
     }
-    figures.stored = rows(&database).await? - rows_before;
-    Ok(figures)
+    Ok(())
 }
 
 fn create_key(options: &Options, database: &Path) -> anyhow::Result<String> {
