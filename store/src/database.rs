@@ -12,7 +12,7 @@ use mcp_metrics_plugin::{
 use crate::postgres::PgStore;
 use crate::{
     DatabaseSize, EnvKeyChange, KeyRecord, Location, RetentionPolicy, RetentionRun, Store,
-    TableStats,
+    TableStats, WriteError,
 };
 
 #[derive(Debug, Clone)]
@@ -53,8 +53,11 @@ impl Database {
         }
     }
 
-    pub async fn write_batch(&self, batch: &Batch) -> Result<(), sqlx::Error> {
-        on_either!(self, store => store.write_batch(batch).await)
+    pub async fn write_batch(&self, batch: &Batch) -> Result<(), WriteError> {
+        match self {
+            Database::Sqlite(store) => store.write_batch(batch).await,
+            Database::Postgres(store) => Ok(store.write_batch(batch).await?),
+        }
     }
 
     pub async fn create_key(

@@ -4,9 +4,10 @@
 //! written in parts; parts are cut the same way every time (see `Batch::take_front`).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use mcp_metrics_plugin::Batch;
+use mcp_metrics_plugin::{Metric, Request, RequestContext};
 
 /// How long a key is remembered: a resend later than this is stored again.
 pub const IDEMPOTENCY_WINDOW: TimeDelta = TimeDelta::days(1);
@@ -22,9 +23,8 @@ pub(crate) struct KeyedPart<'a> {
     pub request_id: &'a str,
 }
 
-pub(crate) fn keyed_parts(batch: &Batch) -> Vec<KeyedPart<'_>> {
-    batch
-        .requests
+pub(crate) fn keyed_parts(requests: &[Arc<Request>]) -> Vec<KeyedPart<'_>> {
+    requests
         .iter()
         .enumerate()
         .filter_map(|(request, part)| {
@@ -40,18 +40,12 @@ pub(crate) fn keyed_parts(batch: &Batch) -> Vec<KeyedPart<'_>> {
         .collect()
 }
 
-/// The metrics of the batch's requests not in `seen`, with their contexts.
+/// The metrics of the requests not in `seen`, with their contexts.
 pub(crate) fn unseen<'a>(
-    batch: &'a Batch,
+    requests: &'a [Arc<Request>],
     seen: &'a HashSet<usize>,
-) -> impl Iterator<
-    Item = (
-        &'a mcp_metrics_plugin::RequestContext,
-        &'a mcp_metrics_plugin::Metric,
-    ),
-> {
-    batch
-        .requests
+) -> impl Iterator<Item = (&'a RequestContext, &'a Metric)> {
+    requests
         .iter()
         .enumerate()
         .filter(move |(index, _)| !seen.contains(index))

@@ -15,6 +15,8 @@ mod retention;
 mod rows;
 mod shared;
 mod stats;
+mod write_error;
+mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,7 @@ pub use retention::{
     MAX_RETENTION_DAYS, RetentionPolicy, RetentionRun, metric_table, retention_cutoff,
 };
 pub use stats::{DatabaseSize, TableStats};
+pub use write_error::WriteError;
 
 /// The schema migrations, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -47,9 +50,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Debug)]
 pub struct Store {
     pool: SqlitePool,
-    /// The one connection metric rows are written through: SQLite takes one writer at a time
-    /// anyway, and a connection of its own keeps its page cache warm between batches.
-    writer: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>>,
+    /// The one connection metric rows are written through, on a thread of its own: SQLite takes
+    /// one writer at a time anyway, and a connection of its own keeps its page cache warm.
+    writer: writer::Writer,
     path: PathBuf,
 }
 
@@ -76,9 +79,7 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .pragma("temp_store", "memory")
-                .pragma("cache_size", "-2000")
-                // Every INSERT shape of every metrics table stays prepared (see `rows`).
-                .statement_cache_capacity(rows::STATEMENT_SHAPES);
+                .pragma("cache_size", "-2000");
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .min_connections(1)
@@ -91,7 +92,8 @@ impl Store {
                 .with_context(|| format!("cannot migrate database {}", path.display()))?;
             Ok(Arc::new(Store {
                 pool,
-                writer: tokio::sync::Mutex::new(None),
+                writer: writer::Writer::start(canonical.clone())
+                    .context("cannot start the database writer's thread")?,
                 path: canonical.clone(),
             }))
         })
@@ -104,7 +106,7 @@ impl Store {
 
     /// Closes every connection, the writer's included.
     pub async fn close(&self) {
-        self.writer.lock().await.take();
+        self.writer.close().await;
         self.pool.close().await;
     }
 

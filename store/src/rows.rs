@@ -1,66 +1,42 @@
 //! Writing metric rows: every metric into `metrics`, the typed ones also into their own table,
-//! with the contract's column mapping. One transaction per batch, many rows per INSERT.
+//! with the contract's column mapping. One transaction per batch, run on the writer's thread
+//! (see [`crate::writer`]).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 
-use mcp_metrics_plugin::{Batch, Metric, MetricType, RequestContext};
-use sqlx::error::BoxDynError;
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{Arguments, AssertSqlSafe, SqliteConnection};
+use mcp_metrics_plugin::{Metric, MetricType, Request, RequestContext};
+use rusqlite::types::ToSql;
+use rusqlite::{CachedStatement, Connection, TransactionBehavior};
 
 use crate::columns::{authenticated_service, boolean, integer, json_text, real, text};
 use crate::idempotency::{keyed_parts, unseen};
-use crate::{Store, timestamp_text};
+use crate::timestamp_text;
 
-/// Rows per INSERT statement: large enough to amortise the statement and the round trip to the
-/// driver's thread, small enough to keep the bound parameters (12 per row at most, 6000) far
-/// below SQLite's limit (32766).
-const ROWS_PER_STATEMENT: usize = 500;
-
-/// Up to this many rows, a table's rows are written by one statement of exactly their number.
-const EXACT_SHAPES: usize = 32;
-
-/// Statements a connection keeps prepared: for each metrics table, one per exact size, one per
-/// power of two above them and the full one (36); and room for what the pool's other connections
-/// prepare (keys, retention, statistics).
-pub(crate) const STATEMENT_SHAPES: usize = crate::METRIC_TABLES.len()
-    * (EXACT_SHAPES + (ROWS_PER_STATEMENT.ilog2() - EXACT_SHAPES.ilog2()) as usize + 1)
-    + 64;
-
-/// One metric ready to be written. Its text columns are shared (`Arc<str>`): binding one costs
-/// a reference count, where binding a `String` costs a copy and two allocations, per row and
-/// column.
+/// One metric ready to be written.
 struct Row<'a> {
-    request: Arc<RequestColumns>,
+    context: &'a RequestContext,
     metric: &'a Metric,
-    metric_type: Arc<str>,
-    timestamp: Arc<str>,
-}
-
-/// A request's columns, shared by its rows.
-struct RequestColumns {
-    request_id: Arc<str>,
-    service: Arc<str>,
-    version: Option<Arc<str>>,
-    instance_id: Option<Arc<str>>,
-}
-
-impl RequestColumns {
-    fn of(context: &RequestContext) -> Arc<RequestColumns> {
-        Arc::new(RequestColumns {
-            request_id: context.request_id.as_str().into(),
-            service: context.service.as_str().into(),
-            version: context.version.as_deref().map(Arc::from),
-            instance_id: context.instance_id.as_deref().map(Arc::from),
-        })
-    }
+    timestamp: String,
 }
 
 struct Table {
     name: &'static str,
     columns: &'static [&'static str],
-    bind: fn(&mut SqliteArguments, &Row<'_>) -> Result<(), BoxDynError>,
+    bind: fn(&mut Values<'_, '_>, &Row<'_>) -> rusqlite::Result<()>,
+}
+
+/// A row's values, bound to the table's statement in column order.
+struct Values<'s, 'c> {
+    statement: &'s mut CachedStatement<'c>,
+    bound: usize,
+}
+
+impl Values<'_, '_> {
+    fn add(&mut self, value: impl ToSql) -> rusqlite::Result<()> {
+        self.bound += 1;
+        self.statement.raw_bind_parameter(self.bound, value)
+    }
 }
 
 static METRICS: Table = Table {
@@ -78,13 +54,13 @@ static METRICS: Table = Table {
         "metadata",
     ],
     bind: |args, row| {
-        let (request, metric) = (&row.request, row.metric);
-        args.add(request.request_id.clone())?;
-        args.add(request.service.clone())?;
-        args.add(request.version.clone())?;
-        args.add(request.instance_id.clone())?;
-        args.add(row.metric_type.clone())?;
-        args.add(row.timestamp.clone())?;
+        let (context, metric) = (row.context, row.metric);
+        args.add(&context.request_id)?;
+        args.add(&context.service)?;
+        args.add(&context.version)?;
+        args.add(&context.instance_id)?;
+        args.add(metric.metric_type.as_str())?;
+        args.add(&row.timestamp)?;
         args.add(metric.value)?;
         args.add(metric.duration_ms)?;
         args.add(json_text(&metric.dimensions))?;
@@ -177,10 +153,10 @@ static TOOL_METRICS: Table = Table {
 };
 
 /// The columns every typed table starts with.
-fn bind_common(args: &mut SqliteArguments, row: &Row<'_>) -> Result<(), BoxDynError> {
-    args.add(row.request.request_id.clone())?;
-    args.add(row.timestamp.clone())?;
-    args.add(row.request.service.clone())?;
+fn bind_common(args: &mut Values<'_, '_>, row: &Row<'_>) -> rusqlite::Result<()> {
+    args.add(&row.context.request_id)?;
+    args.add(&row.timestamp)?;
+    args.add(&row.context.service)?;
     args.add(row.metric.duration_ms)
 }
 
@@ -194,142 +170,91 @@ fn typed_table(metric_type: MetricType) -> Option<&'static Table> {
     }
 }
 
-impl Store {
-    /// Writes every metric of the batch in one transaction: all rows or none.
-    pub async fn write_batch(&self, batch: &Batch) -> Result<(), sqlx::Error> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut writer = self.writer.lock().await;
-        let connection = match writer.as_mut() {
-            Some(connection) => connection,
-            None => writer.insert(self.pool().acquire().await?),
-        };
-        let written = write_rows(connection, batch).await;
-        if written.is_err() {
-            // The connection may be what failed: take a fresh one next time.
-            *writer = None;
-        }
-        written
-    }
-}
-
 /// Every row into `metrics`, the typed ones also into their table, in one transaction, except
 /// the parts of requests the database already has under their idempotency key.
-async fn write_rows(connection: &mut SqliteConnection, batch: &Batch) -> Result<(), sqlx::Error> {
-    use sqlx::Connection;
-    let mut tx = connection.begin().await?;
-    let seen = record_keyed_parts(&mut tx, batch).await?;
-    let metric_types = MetricType::ALL.map(|t| Arc::<str>::from(t.as_str()));
-    let mut request: Option<(&RequestContext, Arc<RequestColumns>)> = None;
-    let rows: Vec<Row> = unseen(batch, &seen)
-        .map(|(context, metric)| {
-            let columns = match &request {
-                Some((of, columns)) if std::ptr::eq(*of, context) => columns.clone(),
-                _ => request
-                    .insert((context, RequestColumns::of(context)))
-                    .1
-                    .clone(),
-            };
-            Row {
-                request: columns,
-                metric,
-                metric_type: metric_types[metric.metric_type.index()].clone(),
-                timestamp: timestamp_text(&metric.timestamp).into(),
-            }
+pub(crate) fn write_rows(
+    connection: &mut Connection,
+    requests: &[Arc<Request>],
+) -> rusqlite::Result<()> {
+    // IMMEDIATE: take the write lock (or wait for it) before reading anything, so a transaction
+    // never has to upgrade a read lock another writer holds up.
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let seen = record_keyed_parts(&tx, requests)?;
+    let rows: Vec<Row> = unseen(requests, &seen)
+        .map(|(context, metric)| Row {
+            context,
+            metric,
+            timestamp: timestamp_text(&metric.timestamp),
         })
         .collect();
-    insert(&mut tx, &METRICS, rows.iter()).await?;
+    insert(&tx, &METRICS, rows.iter())?;
     for table in [&AUTH_METRICS, &DISCOVERY_METRICS, &TOOL_METRICS] {
         let typed = rows.iter().filter(|row| {
             typed_table(row.metric.metric_type).is_some_and(|t| std::ptr::eq(t, table))
         });
-        insert(&mut tx, table, typed).await?;
+        insert(&tx, table, typed)?;
     }
-    tx.commit().await
+    tx.commit()
 }
 
-/// Records the batch's keyed parts; returns the requests whose part was recorded before.
-async fn record_keyed_parts(
-    connection: &mut SqliteConnection,
-    batch: &Batch,
-) -> Result<HashSet<usize>, sqlx::Error> {
+/// Records the requests' keyed parts; returns the requests whose part was recorded before.
+fn record_keyed_parts(
+    connection: &Connection,
+    requests: &[Arc<Request>],
+) -> rusqlite::Result<HashSet<usize>> {
     let mut seen = HashSet::new();
-    for part in keyed_parts(batch) {
-        let recorded = sqlx::query(
-            "INSERT INTO idempotency_keys \
-             (key_id, idempotency_key, first_index, request_id, created_at) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(part.key_id)
-        .bind(part.idempotency_key)
-        .bind(part.first_index)
-        .bind(part.request_id)
-        .bind(timestamp_text(&chrono::Utc::now()))
-        .execute(&mut *connection)
-        .await?;
-        if recorded.rows_affected() == 0 {
+    let parts = keyed_parts(requests);
+    if parts.is_empty() {
+        return Ok(seen);
+    }
+    let mut record = connection.prepare_cached(
+        "INSERT INTO idempotency_keys \
+         (key_id, idempotency_key, first_index, request_id, created_at) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )?;
+    let now = timestamp_text(&chrono::Utc::now());
+    for part in parts {
+        let recorded = record.execute((
+            part.key_id,
+            part.idempotency_key,
+            part.first_index,
+            part.request_id,
+            &now,
+        ))?;
+        if recorded == 0 {
             seen.insert(part.request);
         }
     }
     Ok(seen)
 }
 
-async fn insert<'a>(
-    conn: &mut SqliteConnection,
+/// The rows into `table`, one execution of its prepared statement each: on this thread a
+/// statement costs no round trip, so there is nothing to gain from many rows per statement.
+fn insert<'a>(
+    connection: &Connection,
     table: &Table,
     rows: impl Iterator<Item = &'a Row<'a>>,
-) -> Result<(), sqlx::Error> {
-    let rows: Vec<&Row> = rows.collect();
-    let mut rest = &rows[..];
-    while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(statement_rows(rest.len()));
-        rest = tail;
-        let mut args = SqliteArguments::default();
-        args.reserve(chunk.len() * table.columns.len(), 0);
-        for row in chunk {
-            (table.bind)(&mut args, row).map_err(sqlx::Error::Encode)?;
-        }
-        sqlx::query_with(AssertSqlSafe(insert_sql(table, chunk.len())), args)
-            .execute(&mut *conn)
-            .await?;
+) -> rusqlite::Result<()> {
+    let mut statement = connection.prepare_cached(&insert_sql(table))?;
+    for row in rows {
+        let mut values = Values {
+            statement: &mut statement,
+            bound: 0,
+        };
+        (table.bind)(&mut values, row)?;
+        statement.raw_execute()?;
     }
     Ok(())
 }
 
-/// How many of `remaining` rows the next statement writes: full statements, then the rest in
-/// powers of two down to [`EXACT_SHAPES`] rows, which go in one statement of their own size. So
-/// a table has few statement shapes, which the driver's cache keeps prepared, and a small batch
-/// (durable mode's group commits) costs one round trip to the driver's thread per table.
-fn statement_rows(remaining: usize) -> usize {
-    match remaining {
-        n if n >= ROWS_PER_STATEMENT => ROWS_PER_STATEMENT,
-        n if n <= EXACT_SHAPES => n,
-        n => 1 << n.ilog2(),
-    }
-}
-
-/// `INSERT INTO t (a, b) VALUES (?, ?), (?, ?) ...` for `rows` rows, built once per shape so the
-/// driver's statement cache can keep it prepared.
-fn insert_sql(table: &Table, rows: usize) -> Arc<str> {
-    type Statements = HashMap<(&'static str, usize), Arc<str>>;
-    static CACHE: Mutex<Option<Statements>> = Mutex::new(None);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    cache
-        .get_or_insert_with(HashMap::new)
-        .entry((table.name, rows))
-        .or_insert_with(|| {
-            let tuple = format!("({})", vec!["?"; table.columns.len()].join(", "));
-            let values = vec![tuple; rows].join(", ");
-            format!(
-                "INSERT INTO {} ({}) VALUES {}",
-                table.name,
-                table.columns.join(", "),
-                values
-            )
-            .into()
-        })
-        .clone()
+/// `INSERT INTO t (a, b) VALUES (?, ?)`.
+fn insert_sql(table: &Table) -> String {
+    format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        table.name,
+        table.columns.join(", "),
+        vec!["?"; table.columns.len()].join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -337,27 +262,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statements_write_every_row_in_few_shapes() {
-        let mut shapes = HashSet::new();
-        for rows in 0..=2 * ROWS_PER_STATEMENT + 1 {
-            let (mut left, mut statements) = (rows, 0);
-            while left > 0 {
-                let size = statement_rows(left);
-                shapes.insert(size);
-                left -= size;
-                statements += 1;
-            }
-            if rows <= EXACT_SHAPES {
-                assert!(statements <= 1, "{rows} rows took {statements} statements");
-            }
-        }
-        assert!(shapes.len() * crate::METRIC_TABLES.len() + 64 <= STATEMENT_SHAPES);
-    }
-
-    #[test]
-    fn insert_sql_has_one_tuple_per_row() {
-        let sql = insert_sql(&AUTH_METRICS, 2);
+    fn insert_sql_has_a_parameter_per_column() {
+        let sql = insert_sql(&AUTH_METRICS);
         assert!(sql.starts_with("INSERT INTO auth_metrics (request_id, timestamp"));
-        assert_eq!(sql.matches('?').count(), 20);
+        assert_eq!(sql.matches('?').count(), AUTH_METRICS.columns.len());
     }
 }

@@ -7,7 +7,7 @@ mod retention;
 pub use config::{DatabaseConfig, SqliteConfig};
 
 use mcp_metrics_plugin::{Batch, CancellationToken, ExportError, Exporter, async_trait};
-use mcp_metrics_store::Database;
+use mcp_metrics_store::{Database, WriteError};
 use tokio::task::JoinHandle;
 
 pub struct DatabaseExporter {
@@ -32,18 +32,10 @@ impl Exporter for DatabaseExporter {
     }
 }
 
-/// Whether trying again can help: a busy or locked database, a server that is down, a full disk
-/// or an I/O fault may clear; a constraint or a malformed value will not.
-fn classify(error: sqlx::Error) -> ExportError {
-    let message = format!("database: {error}");
-    match &error {
-        sqlx::Error::Database(db) => match db.kind() {
-            sqlx::error::ErrorKind::Other => ExportError::retryable(message),
-            _ => ExportError::permanent(message),
-        },
-        sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } => {
-            ExportError::permanent(message)
-        }
-        _ => ExportError::retryable(message),
+fn classify(error: WriteError) -> ExportError {
+    if error.retryable() {
+        ExportError::retryable(error.to_string())
+    } else {
+        ExportError::permanent(error.to_string())
     }
 }

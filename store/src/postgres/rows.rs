@@ -42,7 +42,7 @@ impl PgStore {
         }
         let mut tx = self.pool().begin().await?;
         let seen = record_keyed_parts(&mut tx, batch).await?;
-        let rows: Vec<Row> = unseen(batch, &seen).collect();
+        let rows: Vec<Row> = unseen(&batch.requests, &seen).collect();
         match method {
             PgWrite::Copy => copy_rows(&mut tx, &rows).await?,
             PgWrite::Unnest => {
@@ -62,7 +62,7 @@ async fn record_keyed_parts(
     tx: &mut Transaction<'_, Postgres>,
     batch: &Batch,
 ) -> Result<HashSet<usize>, sqlx::Error> {
-    let parts = keyed_parts(batch);
+    let parts = keyed_parts(&batch.requests);
     let mut seen = HashSet::new();
     for part in parts {
         let recorded = sqlx::query(

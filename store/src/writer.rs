@@ -1,0 +1,110 @@
+//! The thread metric rows are written from. sqlx runs every SQLite statement on its driver's
+//! thread and hands each result back: a round trip between threads per statement, which the
+//! benchmark's profile put at 50–60 µs on a 2-core VM, more than the rows of a small
+//! transaction cost. Here one thread owns the write connection and runs a whole transaction,
+//! so a batch costs one hand-off there and one back, however many statements it takes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mcp_metrics_plugin::Request;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::rows::write_rows;
+use crate::write_error::WriteError;
+
+/// How long a write waits for another writer's lock before it fails (and is retried).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub(crate) struct Writer {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Job {
+    requests: Vec<Arc<Request>>,
+    done: oneshot::Sender<Result<(), WriteError>>,
+}
+
+impl Writer {
+    /// Starts the thread; it opens its connection with the first write.
+    pub(crate) fn start(path: PathBuf) -> std::io::Result<Writer> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                let mut connection = None;
+                for job in queue {
+                    let written = write(&mut connection, &path, &job.requests);
+                    if written.is_err() {
+                        // The connection may be what failed: open a fresh one next time.
+                        connection = None;
+                    }
+                    let _ = job.done.send(written);
+                }
+            })?;
+        Ok(Writer {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Writes the requests' metrics in one transaction: all rows or none.
+    pub(crate) async fn write(&self, requests: Vec<Arc<Request>>) -> Result<(), WriteError> {
+        let (done, written) = oneshot::channel();
+        let sent = match &*self.jobs.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(jobs) => jobs.send(Job { requests, done }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(WriteError::closed());
+        }
+        written.await.unwrap_or_else(|_| Err(WriteError::closed()))
+    }
+
+    /// Finishes the writes already sent, then closes the connection.
+    pub(crate) async fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn write(
+    connection: &mut Option<Connection>,
+    path: &Path,
+    requests: &[Arc<Request>],
+) -> Result<(), WriteError> {
+    let connection = match connection {
+        Some(connection) => connection,
+        None => connection.insert(open(path)?),
+    };
+    Ok(write_rows(connection, requests)?)
+}
+
+/// The file the pool opened and migrated, with the same settings as the pool's connections.
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA temp_store = memory; PRAGMA cache_size = -2000;",
+    )?;
+    Ok(connection)
+}
+
+impl crate::Store {
+    /// Writes every metric of the batch in one transaction: all rows or none.
+    pub async fn write_batch(&self, batch: &mcp_metrics_plugin::Batch) -> Result<(), WriteError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.writer.write(batch.requests.clone()).await
+    }
+}
