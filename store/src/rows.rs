@@ -242,6 +242,8 @@ fn insert<'a>(
             bound: 0,
         };
         (table.bind)(&mut values, row)?;
+        // A value left unbound would keep the previous row's.
+        debug_assert_eq!(values.bound, table.columns.len(), "{}", table.name);
         statement.raw_execute()?;
     }
     Ok(())
