@@ -161,8 +161,11 @@ async fn a_failing_retention_pass_is_reported_in_health_until_a_pass_succeeds() 
 
     // A table the retention pass cannot read: its DELETE fails at every pass.
     let store = svc.store().await;
+    // Both renames on one connection: SQLite checks the old name against the connection's own
+    // copy of the schema, which on another pooled connection may predate the first rename.
+    let mut connection = store.pool().acquire().await.unwrap();
     sqlx::query("ALTER TABLE tool_metrics RENAME COLUMN timestamp TO ts")
-        .execute(store.pool())
+        .execute(&mut *connection)
         .await
         .unwrap();
     let health = svc
@@ -180,7 +183,7 @@ async fn a_failing_retention_pass_is_reported_in_health_until_a_pass_succeeds() 
 
     // Repaired, the next pass succeeds and the problem is gone.
     sqlx::query("ALTER TABLE tool_metrics RENAME COLUMN ts TO timestamp")
-        .execute(store.pool())
+        .execute(&mut *connection)
         .await
         .unwrap();
     let health = svc
