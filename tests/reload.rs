@@ -318,11 +318,26 @@ async fn health_and_readiness_name_the_component_in_trouble() {
 
     blocker.release().await;
     assert_eq!(svc.rows_eventually("metrics", 10).await, 10);
+    // Healthy again once exports succeed. A retention pass that ran into the test's lock is
+    // reported as well, until its next pass: that is not what this test is about.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while get("/health").await.status != 200 {
+    loop {
+        let health = get("/health").await;
+        let problems = health.body["problems"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let others = problems
+            .iter()
+            .filter(|p| !p["problem"].as_str().unwrap().starts_with("retention"))
+            .count();
+        if others == 0 {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "healthy again once exports succeed"
+            "healthy again once exports succeed: {}",
+            health.body
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
