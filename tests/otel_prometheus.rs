@@ -479,6 +479,9 @@ async fn default_config_with(env: &[(&str, &str)]) -> TestService {
         ("SQLITE_DB_PATH".into(), db),
     ];
     vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    // The example metric is from 2024: with the default 90 days, a retention pass that runs
+    // after it is written deletes it again. The first lookup wins, so a test can set its own.
+    vars.push(("METRICS_RETENTION_DAYS".into(), "0".into()));
     let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let config = mcp_metrics::parse(mcp_metrics::config::EMBEDDED_DEFAULT, "default", &lookup)
         .unwrap_or_else(|errors| panic!("{errors}"));

@@ -1,0 +1,56 @@
+//! The writer's thread has a connection of its own: what it commits is seen by the pool's
+//! connections, survives the checkpoint they run at shutdown, and is in the file when it is
+//! opened again.
+
+use std::sync::Arc;
+
+use mcp_metrics_plugin::{Batch, Metric, MetricType, Request, RequestContext};
+use mcp_metrics_store::{Database, Store};
+
+fn one_metric() -> Batch {
+    let now = chrono::Utc::now();
+    let context = RequestContext {
+        request_id: "req_1".into(),
+        service: "svc".into(),
+        version: None,
+        instance_id: None,
+        received_at: now,
+        key: None,
+        idempotency_key: None,
+    };
+    let metric = Metric {
+        index: 0,
+        metric_type: MetricType::Custom,
+        timestamp: now,
+        value: 1.0,
+        duration_ms: None,
+        dimensions: Default::default(),
+        metadata: Default::default(),
+    };
+    Batch::new(
+        Request {
+            context: Arc::new(context),
+            metrics: vec![metric],
+        },
+        None,
+    )
+}
+
+#[tokio::test]
+async fn committed_rows_survive_the_shutdown_checkpoint() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.db");
+        let store = Store::open(&path).await.unwrap();
+        // Writes through the pool before and after, as the key check makes them.
+        store.create_key("before", None, false).await.unwrap();
+        store.write_batch(&one_metric()).await.unwrap();
+        store.create_key("after", None, false).await.unwrap();
+        assert_eq!(store.row_counts().await.unwrap()["metrics"], 1);
+        Database::Sqlite(store.clone()).checkpoint().await.unwrap();
+        drop(store);
+        let store = Store::open(&path).await.unwrap();
+        let counts = store.row_counts().await.unwrap();
+        assert_eq!(counts["metrics"], 1, "round {round}");
+    }
+}
