@@ -5,168 +5,23 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use mcp_metrics_plugin::{Metric, MetricType, Request, RequestContext};
-use rusqlite::types::ToSql;
-use rusqlite::{CachedStatement, Connection, TransactionBehavior};
+use mcp_metrics_plugin::{Metric, Request, RequestContext};
+use rusqlite::types::{Null, ToSql, ToSqlOutput};
+use rusqlite::{Connection, TransactionBehavior};
 
-use crate::columns::{authenticated_service, boolean, integer, json_text, real, text};
+use crate::columns::{Field, TABLES, Table};
 use crate::idempotency::{keyed_parts, unseen};
 use crate::timestamp_text;
 
-/// One metric ready to be written.
-struct Row<'a> {
-    context: &'a RequestContext,
-    metric: &'a Metric,
-    timestamp: String,
-}
-
-struct Table {
-    name: &'static str,
-    columns: &'static [&'static str],
-    bind: fn(&mut Values<'_, '_>, &Row<'_>) -> rusqlite::Result<()>,
-}
-
-/// A row's values, bound to the table's statement in column order.
-struct Values<'s, 'c> {
-    statement: &'s mut CachedStatement<'c>,
-    bound: usize,
-}
-
-impl Values<'_, '_> {
-    fn add(&mut self, value: impl ToSql) -> rusqlite::Result<()> {
-        self.bound += 1;
-        self.statement.raw_bind_parameter(self.bound, value)
-    }
-}
-
-static METRICS: Table = Table {
-    name: "metrics",
-    columns: &[
-        "request_id",
-        "service",
-        "service_version",
-        "instance_id",
-        "metric_type",
-        "timestamp",
-        "value",
-        "duration_ms",
-        "dimensions",
-        "metadata",
-    ],
-    bind: |args, row| {
-        let (context, metric) = (row.context, row.metric);
-        args.add(&context.request_id)?;
-        args.add(&context.service)?;
-        args.add(&context.version)?;
-        args.add(&context.instance_id)?;
-        args.add(metric.metric_type.as_str())?;
-        args.add(&row.timestamp)?;
-        args.add(metric.value)?;
-        args.add(metric.duration_ms)?;
-        args.add(json_text(&metric.dimensions))?;
-        args.add(json_text(&metric.metadata))
-    },
-};
-
-static AUTH_METRICS: Table = Table {
-    name: "auth_metrics",
-    columns: &[
-        "request_id",
-        "timestamp",
-        "service",
-        "duration_ms",
-        "success",
-        "method",
-        "server",
-        "user_hash",
-        "error_code",
-        "authenticated_service",
-    ],
-    bind: |args, row| {
-        let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
-        bind_common(args, row)?;
-        args.add(boolean(dimensions.get("success")))?;
-        args.add(text(dimensions.get("method")))?;
-        args.add(text(dimensions.get("server")))?;
-        args.add(text(dimensions.get("user_hash")))?;
-        args.add(text(metadata.get("error_code")))?;
-        args.add(authenticated_service(metadata))
-    },
-};
-
-static DISCOVERY_METRICS: Table = Table {
-    name: "discovery_metrics",
-    columns: &[
-        "request_id",
-        "timestamp",
-        "service",
-        "duration_ms",
-        "query",
-        "results_count",
-        "top_k_services",
-        "top_n_tools",
-        "embedding_time_ms",
-        "faiss_search_time_ms",
-        "authenticated_service",
-    ],
-    bind: |args, row| {
-        let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
-        bind_common(args, row)?;
-        args.add(text(dimensions.get("query")))?;
-        args.add(integer(dimensions.get("results_count")))?;
-        args.add(integer(dimensions.get("top_k_services")))?;
-        args.add(integer(dimensions.get("top_n_tools")))?;
-        args.add(real(metadata.get("embedding_time_ms")))?;
-        args.add(real(metadata.get("faiss_search_time_ms")))?;
-        args.add(authenticated_service(metadata))
-    },
-};
-
-static TOOL_METRICS: Table = Table {
-    name: "tool_metrics",
-    columns: &[
-        "request_id",
-        "timestamp",
-        "service",
-        "duration_ms",
-        "tool_name",
-        "server_path",
-        "server_name",
-        "success",
-        "error_code",
-        "input_size_bytes",
-        "output_size_bytes",
-        "authenticated_service",
-    ],
-    bind: |args, row| {
-        let (dimensions, metadata) = (&row.metric.dimensions, &row.metric.metadata);
-        bind_common(args, row)?;
-        args.add(text(dimensions.get("tool_name")))?;
-        args.add(text(dimensions.get("server_path")))?;
-        args.add(text(dimensions.get("server_name")))?;
-        args.add(boolean(dimensions.get("success")))?;
-        args.add(text(metadata.get("error_code")))?;
-        args.add(integer(metadata.get("input_size_bytes")))?;
-        args.add(integer(metadata.get("output_size_bytes")))?;
-        args.add(authenticated_service(metadata))
-    },
-};
-
-/// The columns every typed table starts with.
-fn bind_common(args: &mut Values<'_, '_>, row: &Row<'_>) -> rusqlite::Result<()> {
-    args.add(&row.context.request_id)?;
-    args.add(&row.timestamp)?;
-    args.add(&row.context.service)?;
-    args.add(row.metric.duration_ms)
-}
-
-/// The typed table a metric also lands in, if any.
-fn typed_table(metric_type: MetricType) -> Option<&'static Table> {
-    match metric_type {
-        MetricType::AuthRequest => Some(&AUTH_METRICS),
-        MetricType::ToolDiscovery => Some(&DISCOVERY_METRICS),
-        MetricType::ToolExecution => Some(&TOOL_METRICS),
-        _ => None,
+impl ToSql for Field<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            Field::Text(Some(text)) => Ok(ToSqlOutput::from(text.as_ref())),
+            Field::Text(None) => Ok(ToSqlOutput::from(Null)),
+            Field::Real(real) => real.to_sql(),
+            Field::Integer(integer) => integer.to_sql(),
+            Field::Bool(bool) => bool.to_sql(),
+        }
     }
 }
 
@@ -180,19 +35,9 @@ pub(crate) fn write_rows(
     // never has to upgrade a read lock another writer holds up.
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let seen = record_keyed_parts(&tx, requests)?;
-    let rows: Vec<Row> = unseen(requests, &seen)
-        .map(|(context, metric)| Row {
-            context,
-            metric,
-            timestamp: timestamp_text(&metric.timestamp),
-        })
-        .collect();
-    insert(&tx, &METRICS, rows.iter())?;
-    for table in [&AUTH_METRICS, &DISCOVERY_METRICS, &TOOL_METRICS] {
-        let typed = rows.iter().filter(|row| {
-            typed_table(row.metric.metric_type).is_some_and(|t| std::ptr::eq(t, table))
-        });
-        insert(&tx, table, typed)?;
+    let metrics: Vec<(&RequestContext, &Metric)> = unseen(requests, &seen).collect();
+    for table in TABLES {
+        insert(&tx, table, &metrics)?;
     }
     tx.commit()
 }
@@ -228,22 +73,21 @@ fn record_keyed_parts(
     Ok(seen)
 }
 
-/// The rows into `table`, one execution of its prepared statement each: on this thread a
-/// statement costs no round trip, so there is nothing to gain from many rows per statement.
-fn insert<'a>(
+/// The metrics `table` takes, a row each, one execution of its prepared statement per row: on
+/// this thread a statement costs no round trip, so there is nothing to gain from many rows per
+/// statement.
+fn insert(
     connection: &Connection,
     table: &Table,
-    rows: impl Iterator<Item = &'a Row<'a>>,
+    metrics: &[(&RequestContext, &Metric)],
 ) -> rusqlite::Result<()> {
     let mut statement = connection.prepare_cached(&insert_sql(table))?;
-    for row in rows {
-        let mut values = Values {
-            statement: &mut statement,
-            bound: 0,
-        };
-        (table.bind)(&mut values, row)?;
-        // A value left unbound would keep the previous row's.
-        debug_assert_eq!(values.bound, table.columns.len(), "{}", table.name);
+    let mut row = Vec::with_capacity(table.columns.len());
+    for &(context, metric) in metrics.iter().filter(|(_, m)| table.takes(m)) {
+        table.row_of(context, metric, &mut row);
+        for (index, value) in row.iter().enumerate() {
+            statement.raw_bind_parameter(index + 1, value)?;
+        }
         statement.raw_execute()?;
     }
     Ok(())
@@ -254,7 +98,7 @@ fn insert_sql(table: &Table) -> String {
     format!(
         "INSERT INTO {} ({}) VALUES ({})",
         table.name,
-        table.columns.join(", "),
+        table.column_list(),
         vec!["?"; table.columns.len()].join(", ")
     )
 }
@@ -265,8 +109,9 @@ mod tests {
 
     #[test]
     fn insert_sql_has_a_parameter_per_column() {
-        let sql = insert_sql(&AUTH_METRICS);
+        let auth = TABLES[1];
+        let sql = insert_sql(auth);
         assert!(sql.starts_with("INSERT INTO auth_metrics (request_id, timestamp"));
-        assert_eq!(sql.matches('?').count(), AUTH_METRICS.columns.len());
+        assert_eq!(sql.matches('?').count(), auth.columns.len());
     }
 }

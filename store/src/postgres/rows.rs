@@ -6,13 +6,12 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
-use mcp_metrics_plugin::{Batch, Metric, MetricType, RequestContext};
+use mcp_metrics_plugin::{Batch, Metric, RequestContext};
 use sqlx::{Postgres, Transaction};
 
 use super::PgStore;
 use super::copy::copy_rows;
-use crate::columns::{authenticated_service, boolean, integer, json_text, real, text};
+use crate::columns::{Field, Kind, TABLES, Table};
 use crate::idempotency::{keyed_parts, unseen};
 
 pub(super) type Row<'a> = (&'a RequestContext, &'a Metric);
@@ -46,10 +45,9 @@ impl PgStore {
         match method {
             PgWrite::Copy => copy_rows(&mut tx, &rows).await?,
             PgWrite::Unnest => {
-                insert_metrics(&mut tx, &rows).await?;
-                insert_auth(&mut tx, &of_type(&rows, MetricType::AuthRequest)).await?;
-                insert_discovery(&mut tx, &of_type(&rows, MetricType::ToolDiscovery)).await?;
-                insert_tool(&mut tx, &of_type(&rows, MetricType::ToolExecution)).await?;
+                for table in TABLES {
+                    insert_unnest(&mut tx, table, &rows).await?;
+                }
             }
         }
         tx.commit().await
@@ -82,152 +80,71 @@ async fn record_keyed_parts(
     Ok(seen)
 }
 
-fn of_type<'a>(rows: &[Row<'a>], metric_type: MetricType) -> Vec<Row<'a>> {
-    rows.iter()
-        .filter(|(_, metric)| metric.metric_type == metric_type)
-        .copied()
-        .collect()
-}
-
-/// One column's values, read from every row.
-fn column<'a, T>(rows: &[Row<'a>], value: impl Fn(&'a RequestContext, &'a Metric) -> T) -> Vec<T> {
-    rows.iter()
-        .map(|(context, metric)| value(context, metric))
-        .collect()
-}
-
-fn timestamps(rows: &[Row<'_>]) -> Vec<DateTime<Utc>> {
-    column(rows, |_, m| m.timestamp)
-}
-
-async fn insert_metrics(
+/// The rows `table` takes in one `INSERT ... SELECT * FROM UNNEST($1::text[], ...)`: one array
+/// per column, whatever the number of rows.
+async fn insert_unnest(
     tx: &mut Transaction<'_, Postgres>,
+    table: &Table,
     rows: &[Row<'_>],
 ) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
+    let mut columns: Vec<Vec<Field>> = vec![Vec::new(); table.columns.len()];
+    let mut row = Vec::new();
+    for &(context, metric) in rows.iter().filter(|(_, m)| table.takes(m)) {
+        table.row_of(context, metric, &mut row);
+        for (column, field) in columns.iter_mut().zip(row.drain(..)) {
+            column.push(field);
+        }
+    }
+    if columns[0].is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO metrics (request_id, service, service_version, instance_id, metric_type, \
-         timestamp, value, duration_ms, dimensions, metadata) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-         $6::timestamptz[], $7::float8[], $8::float8[], $9::text[]::jsonb[], $10::text[]::jsonb[])",
-    )
-    .bind(column(rows, |c, _| c.request_id.as_str()))
-    .bind(column(rows, |c, _| c.service.as_str()))
-    .bind(column(rows, |c, _| c.version.as_deref()))
-    .bind(column(rows, |c, _| c.instance_id.as_deref()))
-    .bind(column(rows, |_, m| m.metric_type.as_str()))
-    .bind(timestamps(rows))
-    .bind(column(rows, |_, m| m.value))
-    .bind(column(rows, |_, m| m.duration_ms))
-    .bind(column(rows, |_, m| json_text(&m.dimensions)))
-    .bind(column(rows, |_, m| json_text(&m.metadata)))
-    .execute(&mut **tx)
-    .await?;
+    let arrays: Vec<String> = (1..=table.columns.len())
+        .zip(table.columns)
+        .map(|(n, column)| format!("${n}::{}", array_type(column.kind)))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) SELECT * FROM UNNEST({})",
+        table.name,
+        table.column_list(),
+        arrays.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (column, values) in table.columns.iter().zip(columns) {
+        query = match column.kind {
+            Kind::Text | Kind::Json | Kind::Timestamp => query.bind(gather(values, |f| match f {
+                Field::Text(text) => text.map(|t| t.into_owned()),
+                _ => None,
+            })),
+            Kind::Real => query.bind(gather(values, |f| match f {
+                Field::Real(real) => real,
+                _ => None,
+            })),
+            Kind::Integer => query.bind(gather(values, |f| match f {
+                Field::Integer(integer) => integer,
+                _ => None,
+            })),
+            Kind::Bool => query.bind(gather(values, |f| match f {
+                Field::Bool(bool) => bool,
+                _ => None,
+            })),
+        };
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 
-async fn insert_auth(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[Row<'_>],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
+/// The array a column's values are bound as (text for JSON and timestamps, cast on the way in).
+fn array_type(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Text => "text[]",
+        Kind::Json => "text[]::jsonb[]",
+        Kind::Timestamp => "text[]::timestamptz[]",
+        Kind::Real => "float8[]",
+        Kind::Integer => "int8[]",
+        Kind::Bool => "bool[]",
     }
-    sqlx::query(
-        "INSERT INTO auth_metrics (request_id, timestamp, service, duration_ms, success, method, \
-         server, user_hash, error_code, authenticated_service) \
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::float8[], \
-         $5::bool[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])",
-    )
-    .bind(column(rows, |c, _| c.request_id.as_str()))
-    .bind(timestamps(rows))
-    .bind(column(rows, |c, _| c.service.as_str()))
-    .bind(column(rows, |_, m| m.duration_ms))
-    .bind(column(rows, |_, m| boolean(m.dimensions.get("success"))))
-    .bind(column(rows, |_, m| text(m.dimensions.get("method"))))
-    .bind(column(rows, |_, m| text(m.dimensions.get("server"))))
-    .bind(column(rows, |_, m| text(m.dimensions.get("user_hash"))))
-    .bind(column(rows, |_, m| text(m.metadata.get("error_code"))))
-    .bind(column(rows, |_, m| authenticated_service(&m.metadata)))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
-async fn insert_discovery(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[Row<'_>],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO discovery_metrics (request_id, timestamp, service, duration_ms, query, \
-         results_count, top_k_services, top_n_tools, embedding_time_ms, faiss_search_time_ms, \
-         authenticated_service) \
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::float8[], \
-         $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::float8[], $10::float8[], $11::text[])",
-    )
-    .bind(column(rows, |c, _| c.request_id.as_str()))
-    .bind(timestamps(rows))
-    .bind(column(rows, |c, _| c.service.as_str()))
-    .bind(column(rows, |_, m| m.duration_ms))
-    .bind(column(rows, |_, m| text(m.dimensions.get("query"))))
-    .bind(column(rows, |_, m| {
-        integer(m.dimensions.get("results_count"))
-    }))
-    .bind(column(rows, |_, m| {
-        integer(m.dimensions.get("top_k_services"))
-    }))
-    .bind(column(rows, |_, m| {
-        integer(m.dimensions.get("top_n_tools"))
-    }))
-    .bind(column(rows, |_, m| {
-        real(m.metadata.get("embedding_time_ms"))
-    }))
-    .bind(column(rows, |_, m| {
-        real(m.metadata.get("faiss_search_time_ms"))
-    }))
-    .bind(column(rows, |_, m| authenticated_service(&m.metadata)))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_tool(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[Row<'_>],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO tool_metrics (request_id, timestamp, service, duration_ms, tool_name, \
-         server_path, server_name, success, error_code, input_size_bytes, output_size_bytes, \
-         authenticated_service) \
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::float8[], \
-         $5::text[], $6::text[], $7::text[], $8::bool[], $9::text[], $10::int8[], $11::int8[], \
-         $12::text[])",
-    )
-    .bind(column(rows, |c, _| c.request_id.as_str()))
-    .bind(timestamps(rows))
-    .bind(column(rows, |c, _| c.service.as_str()))
-    .bind(column(rows, |_, m| m.duration_ms))
-    .bind(column(rows, |_, m| text(m.dimensions.get("tool_name"))))
-    .bind(column(rows, |_, m| text(m.dimensions.get("server_path"))))
-    .bind(column(rows, |_, m| text(m.dimensions.get("server_name"))))
-    .bind(column(rows, |_, m| boolean(m.dimensions.get("success"))))
-    .bind(column(rows, |_, m| text(m.metadata.get("error_code"))))
-    .bind(column(rows, |_, m| {
-        integer(m.metadata.get("input_size_bytes"))
-    }))
-    .bind(column(rows, |_, m| {
-        integer(m.metadata.get("output_size_bytes"))
-    }))
-    .bind(column(rows, |_, m| authenticated_service(&m.metadata)))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+fn gather<T>(values: Vec<Field>, value: impl Fn(Field) -> Option<T>) -> Vec<Option<T>> {
+    values.into_iter().map(value).collect()
 }
