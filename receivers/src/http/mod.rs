@@ -165,7 +165,7 @@ async fn post_metrics(State(app): State<Arc<App>>, request: axum::extract::Reque
             take_metrics(&app, admitted, body, &request_id, received_at, &mut judged).await
         }
         Err(error) => {
-            tokio::spawn(discard(body, app.config.max_request_size.as_u64()));
+            discard(body, app.config.max_request_size.as_u64());
             Err(error)
         }
     };
@@ -301,20 +301,40 @@ const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads and drops what is left of the body of a request answered from its head: its client,
 /// still sending, then gets the answer rather than a reset connection, and the connection stays
-/// open for the next request. Nothing is kept or decoded; past `limit` bytes or
-/// [`DISCARD_TIMEOUT`], the connection is closed instead.
-async fn discard(mut body: Body, limit: u64) {
+/// open for the next request. Nothing is kept or decoded. What has arrived already is dropped
+/// at once (a small body comes with its head); only a body still arriving gets a task, which
+/// reads it for at most [`DISCARD_TIMEOUT`] and `limit` bytes, then closes the connection.
+fn discard(mut body: Body, limit: u64) {
+    use axum::body::HttpBody as _;
     use http_body_util::BodyExt;
+    use std::task::{Context, Poll, Waker};
     let mut read = 0u64;
-    let _ = tokio::time::timeout(DISCARD_TIMEOUT, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, |data| data.len() as u64);
-            if read > limit {
-                break;
+    // What has arrived, without waiting: the task below polls again with a waker of its own.
+    let mut now = Context::from_waker(Waker::noop());
+    loop {
+        match std::pin::Pin::new(&mut body).poll_frame(&mut now) {
+            Poll::Ready(Some(Ok(frame))) => {
+                read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if read > limit {
+                    return;
+                }
             }
+            // The end, or an error: nothing more to read.
+            Poll::Ready(_) => return,
+            Poll::Pending => break,
         }
-    })
-    .await;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DISCARD_TIMEOUT, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if read > limit {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// A body its client says is larger than allowed is refused before it is read.
