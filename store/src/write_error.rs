@@ -22,6 +22,19 @@ impl WriteError {
             retryable: true,
         }
     }
+
+    /// Writing the batch panicked: a bug, which trying the same batch again would repeat.
+    pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> WriteError {
+        let what = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        WriteError {
+            message: format!("writing the batch panicked: {what}"),
+            retryable: false,
+        }
+    }
 }
 
 impl fmt::Display for WriteError {
@@ -89,5 +102,12 @@ mod tests {
         assert!(!failure(ffi::SQLITE_CONSTRAINT_NOTNULL).retryable());
         assert!(!WriteError::from(sqlx::Error::Encode("bad".into())).retryable());
         assert!(WriteError::from(sqlx::Error::PoolTimedOut).retryable());
+        let panic = std::panic::catch_unwind(|| panic!("a bug")).unwrap_err();
+        let panicked = WriteError::panicked(panic.as_ref());
+        assert!(!panicked.retryable());
+        assert!(
+            panicked.to_string().ends_with("panicked: a bug"),
+            "{panicked}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! transaction cost. Here one thread owns the write connection and runs a whole transaction,
 //! so a batch costs one hand-off there and one back, however many statements it takes.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -39,7 +40,11 @@ impl Writer {
             .spawn(move || {
                 let mut connection = None;
                 for job in queue {
-                    let written = write(&mut connection, &path, &job.requests);
+                    // A panic (a bug) fails its batch, not the thread and every write after it.
+                    let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        write(&mut connection, &path, &job.requests)
+                    }))
+                    .unwrap_or_else(|panic| Err(WriteError::panicked(panic.as_ref())));
                     if written.is_err() {
                         // The connection may be what failed: open a fresh one next time.
                         connection = None;
