@@ -14,6 +14,7 @@ pub mod bounds;
 mod component;
 mod listeners;
 mod model;
+mod panic;
 mod redact;
 mod registry;
 mod room;
@@ -26,6 +27,7 @@ pub use component::{
 };
 pub use listeners::Listeners;
 pub use model::{Batch, KeyInfo, Metric, MetricType, Request, RequestContext, parse_timestamp};
+pub use panic::panic_message;
 pub use redact::redact_url_credentials;
 pub use registry::{
     BuildContext, ComponentConfig, ConfigIssue, ExporterConfig, ExporterRegistration, Extension,

@@ -25,11 +25,7 @@ impl WriteError {
 
     /// Writing the batch panicked: a bug, which trying the same batch again would repeat.
     pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> WriteError {
-        let what = panic
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("no message");
+        let what = mcp_metrics_plugin::panic_message(panic).unwrap_or("no message");
         WriteError {
             message: format!("writing the batch panicked: {what}"),
             retryable: false,

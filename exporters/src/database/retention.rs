@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mcp_metrics_plugin::{CancellationToken, Telemetry};
+use mcp_metrics_plugin::{CancellationToken, Telemetry, panic_message};
 use mcp_metrics_store::Database;
 
 pub async fn run(
@@ -47,11 +47,7 @@ async fn pass(database: &Database) -> Result<(), String> {
         Ok(Err(error)) => Err(format!("retention: cannot delete old rows: {error}")),
         Err(failed) if failed.is_panic() => {
             let panic = failed.into_panic();
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = panic_message(panic.as_ref()).unwrap_or_default();
             Err(format!("retention: the pass panicked: {message}"))
         }
         Err(failed) => Err(format!("retention: the pass stopped: {failed}")),
