@@ -41,6 +41,18 @@ impl fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
+/// What the exporter queue needs to know: retry, or give the batch up.
+impl From<WriteError> for mcp_metrics_plugin::ExportError {
+    fn from(error: WriteError) -> Self {
+        let message = error.to_string();
+        if error.retryable {
+            Self::retryable(message)
+        } else {
+            Self::permanent(message)
+        }
+    }
+}
+
 impl From<sqlx::Error> for WriteError {
     fn from(error: sqlx::Error) -> WriteError {
         let retryable = match &error {

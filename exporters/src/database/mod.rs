@@ -7,7 +7,7 @@ mod retention;
 pub use config::{DatabaseConfig, SqliteConfig};
 
 use mcp_metrics_plugin::{Batch, CancellationToken, ExportError, Exporter, async_trait};
-use mcp_metrics_store::{Database, WriteError};
+use mcp_metrics_store::Database;
 use tokio::task::JoinHandle;
 
 pub struct DatabaseExporter {
@@ -19,7 +19,7 @@ pub struct DatabaseExporter {
 #[async_trait]
 impl Exporter for DatabaseExporter {
     async fn export(&self, batch: &Batch) -> Result<(), ExportError> {
-        self.database.write_batch(batch).await.map_err(classify)
+        Ok(self.database.write_batch(batch).await?)
     }
 
     async fn shutdown(&self) -> Result<(), mcp_metrics_plugin::BoxError> {
@@ -29,13 +29,5 @@ impl Exporter for DatabaseExporter {
         }
         self.database.checkpoint().await?;
         Ok(())
-    }
-}
-
-fn classify(error: WriteError) -> ExportError {
-    if error.retryable() {
-        ExportError::retryable(error.to_string())
-    } else {
-        ExportError::permanent(error.to_string())
     }
 }
