@@ -48,7 +48,7 @@ pub struct Options {
     /// Scenarios to run: `overload` (every batch size, clients resending every refusal at
     /// once), `refusal` (a wrong key, flat out: the CPU a refusal costs), `steady` (a steady
     /// `--steady-rate`: CPU and memory at an ordinary load), `durable` (each overload run again
-    /// with `acknowledgements: true`, right after it); with `--postgres`, `postgres` and
+    /// with `acknowledgements: true`, right after it; named alone, it runs the overload too); with `--postgres`, `postgres` and
     /// `rate-limit` (see there).
     #[arg(
         long,
@@ -155,7 +155,8 @@ async fn main() -> anyhow::Result<()> {
     if let (true, Some(server)) = (postgres_wants("postgres"), &options.postgres) {
         postgres::scenario(&options, server, 100).await?;
     }
-    let batches = if wants("overload") {
+    // Durable runs are measured against the default mode's, so naming it runs both.
+    let batches = if wants("overload") || wants("durable") {
         options.batches.clone()
     } else {
         Vec::new()
