@@ -3,6 +3,7 @@
 //! behind [`Database`]. One store per database per process, shared by every component that names
 //! it, so it is migrated once and writes share one pool.
 
+mod checkpointer;
 mod columns;
 mod database;
 mod idempotency;

@@ -2,7 +2,8 @@
 //! thread and hands each result back: a round trip between threads per statement, which the
 //! benchmark's profile put at 50–60 µs on a 2-core VM, more than the rows of a small
 //! transaction cost. Here one thread owns the write connection and runs a whole transaction,
-//! so a batch costs one hand-off there and one back, however many statements it takes.
+//! so a batch costs one hand-off there and one back, however many statements it takes. The
+//! [`Checkpointer`]'s thread folds what it commits into the database file.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use mcp_metrics_plugin::Request;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::checkpointer::{BACKSTOP_PAGES, Checkpointer};
 use crate::rows::write_rows;
 use crate::write_error::WriteError;
 
@@ -39,6 +41,11 @@ impl Writer {
             .name("sqlite-writer".into())
             .spawn(move || {
                 let mut connection = None;
+                let checkpointer = Checkpointer::start(path.clone())
+                    .inspect_err(|error| {
+                        tracing::warn!(%error, "no checkpoint thread: the writer checkpoints itself")
+                    })
+                    .ok();
                 for job in queue {
                     // A panic (a bug) fails its batch, not the thread and every write after it.
                     let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -48,8 +55,13 @@ impl Writer {
                     if written.is_err() {
                         // The connection may be what failed: open a fresh one next time.
                         connection = None;
+                    } else if let Some(checkpointer) = &checkpointer {
+                        checkpointer.nudge();
                     }
                     let _ = job.done.send(written);
+                }
+                if let Some(checkpointer) = checkpointer {
+                    checkpointer.stop();
                 }
             })?;
         Ok(Writer {
@@ -93,7 +105,8 @@ fn write(
     Ok(write_rows(connection, requests)?)
 }
 
-/// The file the pool opened and migrated, with the same settings as the pool's connections.
+/// The file the pool opened and migrated, with the pool's settings, checkpointing itself only as
+/// the [`Checkpointer`]'s backstop.
 fn open(path: &Path) -> rusqlite::Result<Connection> {
     let connection = Connection::open(path)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
@@ -101,6 +114,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
          PRAGMA temp_store = memory; PRAGMA cache_size = -2000;",
     )?;
+    connection.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)?;
     Ok(connection)
 }
 

@@ -1,13 +1,14 @@
 //! The writer's thread has a connection of its own: what it commits is seen by the pool's
 //! connections, survives the checkpoint they run at shutdown, and is in the file when it is
-//! opened again.
+//! opened again. Its commits are folded into the file by a thread of their own.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mcp_metrics_plugin::{Batch, Metric, MetricType, Request, RequestContext};
 use mcp_metrics_store::{Database, Store};
 
-fn one_metric() -> Batch {
+fn metrics(count: usize) -> Batch {
     let now = chrono::Utc::now();
     let context = RequestContext {
         request_id: "req_1".into(),
@@ -18,8 +19,8 @@ fn one_metric() -> Batch {
         key: None,
         idempotency_key: None,
     };
-    let metric = Metric {
-        index: 0,
+    let metric = |index| Metric {
+        index,
         metric_type: MetricType::Custom,
         timestamp: now,
         value: 1.0,
@@ -30,7 +31,7 @@ fn one_metric() -> Batch {
     Batch::new(
         Request {
             context: Arc::new(context),
-            metrics: vec![metric],
+            metrics: (0..count).map(metric).collect(),
         },
         None,
     )
@@ -44,7 +45,7 @@ async fn committed_rows_survive_the_shutdown_checkpoint() {
         let store = Store::open(&path).await.unwrap();
         // Writes through the pool before and after, as the key check makes them.
         store.create_key("before", None, false).await.unwrap();
-        store.write_batch(&one_metric()).await.unwrap();
+        store.write_batch(&metrics(1)).await.unwrap();
         store.create_key("after", None, false).await.unwrap();
         assert_eq!(store.row_counts().await.unwrap()["metrics"], 1);
         Database::Sqlite(store.clone()).checkpoint().await.unwrap();
@@ -53,4 +54,24 @@ async fn committed_rows_survive_the_shutdown_checkpoint() {
         let counts = store.row_counts().await.unwrap();
         assert_eq!(counts["metrics"], 1, "round {round}");
     }
+}
+
+#[tokio::test]
+async fn commits_are_folded_into_the_file_while_the_store_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.db");
+    let store = Store::open(&path).await.unwrap();
+    let file_size = || std::fs::metadata(&path).unwrap().len();
+    let before = file_size();
+    // A few dozen pages: far from any size at which SQLite checkpoints on the commit itself.
+    store.write_batch(&metrics(500)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while file_size() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the rows stayed in the log: the file is still {before} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.row_counts().await.unwrap()["metrics"], 500);
 }
