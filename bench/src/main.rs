@@ -48,8 +48,8 @@ pub struct Options {
     /// Scenarios to run: `overload` (every batch size, clients resending every refusal at
     /// once), `refusal` (a wrong key, flat out: the CPU a refusal costs), `steady` (a steady
     /// `--steady-rate`: CPU and memory at an ordinary load), `durable` (each overload run again
-    /// with `acknowledgements: true`, right after it; named alone, it runs the overload too); with `--postgres`, `postgres` and
-    /// `rate-limit` (see there).
+    /// with `acknowledgements: true`, right after it; named alone, it runs the overload too);
+    /// with `--postgres`, `postgres` and `rate-limit` (see there).
     #[arg(
         long,
         value_delimiter = ',',

@@ -51,24 +51,31 @@ impl Checkpointer {
 
 fn run(path: &Path, nudges: &Receiver<()>) {
     let mut connection = None;
-    let mut due = nudges.recv().is_ok();
-    while due {
-        let next = Instant::now() + PAUSE;
+    let mut committed = nudges.recv().is_ok();
+    while committed {
+        let next_pass = Instant::now() + PAUSE;
         if let Err(error) = checkpoint(&mut connection, path) {
-            // Nothing is lost: the log stays until a later checkpoint copies it.
+            // Nothing is lost: the log stays until a later pass copies it.
             tracing::debug!(%error, "background checkpoint failed; the next one tries again");
             connection = None;
         }
-        due = false;
-        loop {
-            match nudges.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(()) => due = true,
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
-        if !due {
-            due = nudges.recv().is_ok();
+        // What is committed during the pause waits for the next pass.
+        committed = match pause(next_pass, nudges) {
+            Some(true) => true,
+            Some(false) => nudges.recv().is_ok(),
+            None => false,
+        };
+    }
+}
+
+/// Waits until `until`: whether something was committed meanwhile; None once the writer stops.
+fn pause(until: Instant, nudges: &Receiver<()>) -> Option<bool> {
+    let mut committed = false;
+    loop {
+        match nudges.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(()) => committed = true,
+            Err(RecvTimeoutError::Timeout) => return Some(committed),
+            Err(RecvTimeoutError::Disconnected) => return None,
         }
     }
 }
