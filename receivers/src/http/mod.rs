@@ -304,37 +304,27 @@ const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// open for the next request. Nothing is kept or decoded. What has arrived already is dropped
 /// at once (a small body comes with its head); only a body still arriving gets a task, which
 /// reads it for at most [`DISCARD_TIMEOUT`] and `limit` bytes, then closes the connection.
-fn discard(mut body: Body, limit: u64) {
-    use axum::body::HttpBody as _;
+fn discard(body: Body, limit: u64) {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let mut draining = Box::pin(drain(body, limit));
+    // What has arrived, without waiting: the task polls again with a waker of its own.
+    let now = &mut Context::from_waker(Waker::noop());
+    if draining.as_mut().poll(now).is_pending() {
+        tokio::spawn(tokio::time::timeout(DISCARD_TIMEOUT, draining));
+    }
+}
+
+/// Reads the body to its end, an error, or past `limit` bytes.
+async fn drain(mut body: Body, limit: u64) {
     use http_body_util::BodyExt;
-    use std::task::{Context, Poll, Waker};
     let mut read = 0u64;
-    // What has arrived, without waiting: the task below polls again with a waker of its own.
-    let mut now = Context::from_waker(Waker::noop());
-    loop {
-        match std::pin::Pin::new(&mut body).poll_frame(&mut now) {
-            Poll::Ready(Some(Ok(frame))) => {
-                read += frame.data_ref().map_or(0, |data| data.len() as u64);
-                if read > limit {
-                    return;
-                }
-            }
-            // The end, or an error: nothing more to read.
-            Poll::Ready(_) => return,
-            Poll::Pending => break,
+    while let Some(Ok(frame)) = body.frame().await {
+        read += frame.data_ref().map_or(0, |data| data.len() as u64);
+        if read > limit {
+            break;
         }
     }
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(DISCARD_TIMEOUT, async {
-            while let Some(Ok(frame)) = body.frame().await {
-                read += frame.data_ref().map_or(0, |data| data.len() as u64);
-                if read > limit {
-                    break;
-                }
-            }
-        })
-        .await;
-    });
 }
 
 /// A body its client says is larger than allowed is refused before it is read.
