@@ -1,5 +1,6 @@
 //! Turning a metric's dimensions, which are user input, into labels that are valid and bounded.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use mcp_metrics_plugin::{Metric, RequestContext};
@@ -43,10 +44,11 @@ pub struct LabelPolicy {
 }
 
 /// The labels of one series, as (name, value) pairs: what the Prometheus exporter keys its series
-/// by, and what the OTLP one turns into attributes.
+/// by, and what the OTLP one turns into attributes. They borrow from the metric where its text is
+/// already a valid label, so a point of a series that exists costs no allocation.
 #[derive(Debug, PartialEq)]
-pub struct SeriesLabels {
-    pub labels: Vec<(String, String)>,
+pub struct SeriesLabels<'a> {
+    pub labels: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// Whether dimensions were left out because the series was at its label bounds.
     pub dimensions_dropped: bool,
 }
@@ -54,7 +56,7 @@ pub struct SeriesLabels {
 impl LabelPolicy {
     /// The labels of `metric`'s series: [`labels`](Self::labels) of its request's service, its
     /// type, the key's service that `enrich` recorded, and its dimensions.
-    pub fn of(&self, context: &RequestContext, metric: &Metric) -> SeriesLabels {
+    pub fn of<'a>(&self, context: &'a RequestContext, metric: &'a Metric) -> SeriesLabels<'a> {
         let authenticated = metric
             .metadata
             .get(AUTHENTICATED_SERVICE)
@@ -71,26 +73,27 @@ impl LabelPolicy {
     /// allowed dimensions sorted by key, each named as a valid Prometheus label and valued as
     /// text, until the next would pass [`MAX_DIMENSION_LABELS`] or [`MAX_SERIES_LABEL_BYTES`].
     /// Null dimensions are left out.
-    pub fn labels(
+    pub fn labels<'a>(
         &self,
-        service: &str,
-        metric_type: &str,
-        authenticated_service: Option<&str>,
-        dimensions: &serde_json::Map<String, Value>,
-    ) -> SeriesLabels {
-        let mut labels = vec![
-            ("service".to_owned(), service.to_owned()),
-            ("metric_type".to_owned(), metric_type.to_owned()),
-        ];
+        service: &'a str,
+        metric_type: &'a str,
+        authenticated_service: Option<&'a str>,
+        dimensions: &'a serde_json::Map<String, Value>,
+    ) -> SeriesLabels<'a> {
+        let mut labels = Vec::with_capacity(3 + dimensions.len());
+        labels.push((Cow::Borrowed("service"), Cow::Borrowed(service)));
+        labels.push((Cow::Borrowed("metric_type"), Cow::Borrowed(metric_type)));
         let mut bytes = "service".len() + service.len() + "metric_type".len() + metric_type.len();
         if let Some(authenticated) = authenticated_service.filter(|a| *a != service) {
-            labels.push((AUTHENTICATED_SERVICE.to_owned(), authenticated.to_owned()));
+            labels.push((
+                Cow::Borrowed(AUTHENTICATED_SERVICE),
+                Cow::Borrowed(authenticated),
+            ));
             bytes += AUTHENTICATED_SERVICE.len() + authenticated.len();
         }
         let mut dimension_labels = 0;
-        let mut keys: Vec<&String> = dimensions.keys().collect();
-        keys.sort();
-        for key in keys {
+        // A JSON object's keys come sorted (serde_json's map is ordered by key).
+        for (key, value) in dimensions {
             if self
                 .allow
                 .as_ref()
@@ -98,7 +101,7 @@ impl LabelPolicy {
             {
                 continue;
             }
-            let (Some(value), Some(name)) = (label_value(&dimensions[key]), label_name(key)) else {
+            let (Some(value), Some(name)) = (label_value(value), label_name(key)) else {
                 continue;
             };
             // Two keys that sanitise alike ("a.b", "a-b"): the first in key order wins.
@@ -125,8 +128,26 @@ impl LabelPolicy {
 
 /// A valid Prometheus label name for a dimension key: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting
 /// with the reserved `__`, not one of the labels every series has, at most
-/// [`MAX_LABEL_NAME_CHARS`] long. `None` for an empty key.
-pub fn label_name(key: &str) -> Option<String> {
+/// [`MAX_LABEL_NAME_CHARS`] long. `None` for an empty key. A key that is all that already (the
+/// usual case) is borrowed.
+pub fn label_name(key: &str) -> Option<Cow<'_, str>> {
+    if is_label_name(key) {
+        Some(Cow::Borrowed(key))
+    } else {
+        sanitised_label_name(key).map(Cow::Owned)
+    }
+}
+
+/// Whether [`sanitised_label_name`] would leave `key` as it is.
+fn is_label_name(key: &str) -> bool {
+    key.len() <= MAX_LABEL_NAME_CHARS
+        && key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && !key.starts_with("__")
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !RESERVED.contains(&key)
+}
+
+fn sanitised_label_name(key: &str) -> Option<String> {
     let mut name: String = key
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -150,19 +171,23 @@ pub fn label_name(key: &str) -> Option<String> {
 
 /// A dimension's value as label text: strings as they are, booleans as `True` / `False`, numbers
 /// as JSON writes them (`1024`, `0.5`), arrays and objects as compact JSON; null has no label.
-pub fn label_value(value: &Value) -> Option<String> {
+pub fn label_value(value: &Value) -> Option<Cow<'_, str>> {
     let text = match value {
         Value::Null => return None,
-        Value::String(text) => text.clone(),
+        Value::String(text) => Cow::Borrowed(text.as_str()),
         // The deployed Python service wrote labels with `str()`, and the field's dashboards query
         // `success="True"`: a drop-in replacement keeps that spelling.
-        Value::Bool(true) => "True".to_owned(),
-        Value::Bool(false) => "False".to_owned(),
-        Value::Number(number) => number.to_string(),
-        other => other.to_string(),
+        Value::Bool(true) => Cow::Borrowed("True"),
+        Value::Bool(false) => Cow::Borrowed("False"),
+        Value::Number(number) => Cow::Owned(number.to_string()),
+        other => Cow::Owned(other.to_string()),
     };
+    // Cheaper than counting characters: a text of no more bytes has no more characters.
+    if text.len() <= MAX_LABEL_VALUE_CHARS {
+        return Some(text);
+    }
     Some(match text.char_indices().nth(MAX_LABEL_VALUE_CHARS) {
-        Some((cut, _)) => text[..cut].to_owned(),
+        Some((cut, _)) => Cow::Owned(text[..cut].to_owned()),
         None => text,
     })
 }
@@ -181,9 +206,45 @@ mod tests {
         assert_eq!(label_name("naïve").unwrap(), "na_ve");
         assert_eq!(label_name("service").unwrap(), "exported_service");
         assert_eq!(label_name("le").unwrap(), "exported_le");
-        let long = label_name(&"k".repeat(150)).unwrap();
-        assert_eq!(long, "k".repeat(MAX_LABEL_NAME_CHARS));
+        let long = "k".repeat(150);
+        assert_eq!(label_name(&long).unwrap(), "k".repeat(MAX_LABEL_NAME_CHARS));
         assert_eq!(label_name(""), None);
+    }
+
+    #[test]
+    fn names_already_valid_are_borrowed_as_they_are() {
+        let longest = "k".repeat(MAX_LABEL_NAME_CHARS);
+        let longer = "k".repeat(MAX_LABEL_NAME_CHARS + 1);
+        let keys = [
+            "",
+            "_",
+            "__",
+            "__x",
+            "_x",
+            "a",
+            "A_b9",
+            "1a",
+            "a.b",
+            "é",
+            "service",
+            "le",
+            "exported_le",
+            &longest,
+            &longer,
+        ];
+        for key in keys {
+            let name = label_name(key);
+            assert_eq!(
+                name.as_ref().map(|n| n.to_string()),
+                sanitised_label_name(key),
+                "{key:?}"
+            );
+            assert_eq!(
+                matches!(name, Some(Cow::Borrowed(_))),
+                sanitised_label_name(key).as_deref() == Some(key),
+                "{key:?}"
+            );
+        }
     }
 
     #[test]
@@ -218,7 +279,7 @@ mod tests {
                 ("success", "True"),
                 ("user_hash", "u1"),
             ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
         );
         let allow = LabelPolicy {
             allow: Some(["method".to_owned(), "success".to_owned()].into()),
@@ -248,7 +309,7 @@ mod tests {
             .map(|i| (format!("k{i}"), json!("v".repeat(MAX_LABEL_VALUE_CHARS))))
             .collect();
         let series = LabelPolicy::default().labels("s", "custom", None, &dimensions);
-        let names: Vec<String> = series.labels.iter().map(|(k, _)| k.clone()).collect();
+        let names: Vec<&str> = series.labels.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(
             names,
             [

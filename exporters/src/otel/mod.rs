@@ -137,7 +137,7 @@ impl Recorder {
             let mut labels: Vec<KeyValue> = series
                 .labels
                 .into_iter()
-                .map(|(name, value)| KeyValue::new(name, value))
+                .map(|(name, value)| KeyValue::new(name.into_owned(), value.into_owned()))
                 .collect();
             if !self.admit(stream, &labels) {
                 overflowed[index] += 1;

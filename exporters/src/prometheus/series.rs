@@ -7,12 +7,15 @@
 //! `prometheus` exporter; and each is charged, when it is made, the most bytes it can ever add
 //! to a scrape, so the exposition stays within `max_scrape_size` whatever clients send.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mcp_metrics_plugin::MetricType;
 use prometheus::proto::{self, MetricFamily, MetricType as FamilyType};
+
+use hashbrown::{Equivalent, HashMap};
 
 use crate::otel::instrument_names;
 use crate::otel::labels::OVERFLOW_LABEL;
@@ -46,11 +49,14 @@ pub struct Settings {
 /// Label names and values, sorted by name.
 pub type Labels = Vec<(String, String)>;
 
+/// Labels as a point carries them, borrowed from its metric where they can be; sorted by name.
+pub type PointLabels<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
 /// One metric to add: its type's index in [`MetricType::ALL`], its labels, the value for the
 /// counter and the duration for the histogram (each when it has one that the instrument takes).
-pub struct Point {
+pub struct Point<'a> {
     pub type_index: usize,
-    pub labels: Labels,
+    pub labels: PointLabels<'a>,
     pub value: Option<f64>,
     pub seconds: Option<f64>,
 }
@@ -118,11 +124,34 @@ fn escaped_len(value: &str) -> usize {
             .count()
 }
 
+/// A point's labels as the key of the series they name, found without making that key: they
+/// hash as [`Labels`] do (a `Cow<str>` hashes as the text it holds).
+struct SeriesKey<'p, 'a>(&'p [(Cow<'a, str>, Cow<'a, str>)]);
+
+impl Hash for SeriesKey<'_, '_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Equivalent<Labels> for SeriesKey<'_, '_> {
+    fn equivalent(&self, key: &Labels) -> bool {
+        self.0.len() == key.len()
+            && self
+                .0
+                .iter()
+                .zip(key)
+                .all(|((name, value), (key_name, key_value))| {
+                    name == key_name && value == key_value
+                })
+    }
+}
+
 /// Bytes of `{a="1",b="2"}` and of the space and newline of its line.
-fn label_text_len(labels: &Labels) -> usize {
+fn label_text_len<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)]) -> usize {
     let pairs: usize = labels
         .iter()
-        .map(|(name, value)| name.len() + r#"="""#.len() + escaped_len(value))
+        .map(|(name, value)| name.as_ref().len() + r#"="""#.len() + escaped_len(value.as_ref()))
         .sum();
     "{}".len() + pairs + labels.len().saturating_sub(1) + " \n".len()
 }
@@ -205,7 +234,7 @@ impl SeriesTable {
 
     /// The most bytes a series of type `index` with `labels` can add to a scrape: its counter
     /// and every line of its histogram, with values at their longest.
-    fn cost(&self, index: usize, labels: &Labels) -> usize {
+    fn cost<N: AsRef<str>, V: AsRef<str>>(&self, index: usize, labels: &[(N, V)]) -> usize {
         let family = &self.families[index];
         family.fixed + family.lines * label_text_len(labels)
     }
@@ -213,10 +242,10 @@ impl SeriesTable {
     /// Adds the points at `now`. A point whose labels are not a series yet makes one if its type
     /// has fewer than `cardinality_limit` and the budget has room for it; otherwise it goes to its
     /// type's overflow series. Returns, per type, how many points went there.
-    pub fn record(
+    pub fn record<'a>(
         &self,
         now: Instant,
-        points: impl IntoIterator<Item = Point>,
+        points: impl IntoIterator<Item = Point<'a>>,
     ) -> [usize; MetricType::ALL.len()] {
         let mut overflowed = [0; MetricType::ALL.len()];
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -230,7 +259,7 @@ impl SeriesTable {
             }
             let State { types, bytes, .. } = &mut *state;
             let of_type = &mut types[point.type_index];
-            let series = if let Some(series) = of_type.series.get_mut(&point.labels) {
+            let series = if let Some(series) = of_type.series.get_mut(&SeriesKey(&point.labels)) {
                 series
             } else {
                 let cost = self.cost(point.type_index, &point.labels);
@@ -238,9 +267,14 @@ impl SeriesTable {
                     && *bytes + cost <= self.budget
                 {
                     *bytes += cost;
+                    let labels: Labels = point
+                        .labels
+                        .into_iter()
+                        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                        .collect();
                     of_type
                         .series
-                        .entry(point.labels)
+                        .entry(labels)
                         .or_insert_with(|| Series::new(now, cost))
                 } else {
                     overflowed[point.type_index] += 1;
@@ -442,10 +476,18 @@ mod tests {
         labels
     }
 
-    fn point(type_index: usize, labels: Labels) -> Point {
+    /// Labels as a point carries them.
+    fn borrowed(labels: Labels) -> PointLabels<'static> {
+        labels
+            .into_iter()
+            .map(|(name, value)| (Cow::Owned(name), Cow::Owned(value)))
+            .collect()
+    }
+
+    fn point(type_index: usize, labels: Labels) -> Point<'static> {
         Point {
             type_index,
-            labels,
+            labels: borrowed(labels),
             value: Some(1.0),
             seconds: Some(0.1),
         }
@@ -505,7 +547,7 @@ mod tests {
                     now,
                     [Point {
                         type_index: 6,
-                        labels: labels.clone(),
+                        labels: borrowed(labels.clone()),
                         value: Some(value),
                         seconds: Some(seconds),
                     }],
@@ -618,19 +660,19 @@ mod tests {
         let table = table(1 << 30, 10, now);
         let only_counter = Point {
             type_index: 2,
-            labels: labels(&[("id", "c")]),
+            labels: borrowed(labels(&[("id", "c")])),
             value: Some(2.5),
             seconds: None,
         };
         let only_histogram = Point {
             type_index: 2,
-            labels: labels(&[("id", "h")]),
+            labels: borrowed(labels(&[("id", "h")])),
             value: None,
             seconds: Some(0.25),
         };
         let neither = Point {
             type_index: 2,
-            labels: labels(&[("id", "n")]),
+            labels: borrowed(labels(&[("id", "n")])),
             value: None,
             seconds: None,
         };
