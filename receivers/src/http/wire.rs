@@ -1,6 +1,7 @@
 //! The wire contract: the request body as clients send it, the replies they expect, and how a
 //! refusal of the plugin API is said in HTTP.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,12 +30,14 @@ pub struct WireRequest<'a> {
     pub metrics: Vec<&'a RawValue>,
 }
 
+/// One metric as sent; its type and timestamp are read where they lie in the body unless they
+/// hold escapes.
 #[derive(Deserialize)]
-struct WireMetric {
-    #[serde(rename = "type")]
-    metric_type: String,
-    #[serde(default)]
-    timestamp: Option<String>,
+struct WireMetric<'a> {
+    #[serde(rename = "type", borrow)]
+    metric_type: Cow<'a, str>,
+    #[serde(default, borrow)]
+    timestamp: Option<Cow<'a, str>>,
     value: f64,
     #[serde(default)]
     duration_ms: Option<f64>,
