@@ -15,17 +15,17 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The bounds every connection of a listener is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// From when a connection opens, or its previous answer is sent, until the next request's
-    /// head is complete; past it the connection is closed. So it is also the idle keep-alive
-    /// timeout.
+    /// From when a connection opens until its first byte, and from then (or from its previous
+    /// answer) until the next request's head is complete; past it the connection is closed. So it
+    /// is also the idle keep-alive timeout.
     pub header_read_timeout: Duration,
     /// From when a request's head is complete until its whole body is read; past it the body
     /// fails with [`BodyTimeout`] and the connection is closed after the answer.
@@ -44,18 +44,25 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    let builder = Arc::new(builder);
     loop {
+        // The stop comes first: a connection accepted after it would only be closed unanswered,
+        // while left in the backlog it goes to whoever serves the socket next (a reload's new
+        // receiver).
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            biased;
             _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
         };
         let (stream, _) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -65,7 +72,6 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
@@ -75,17 +81,52 @@ pub async fn serve(
             // A router is always ready, so it is called without `poll_ready`.
             tower_service::Service::call(&mut router.clone(), request)
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection closed");
-            }
+        let (builder, shutdown) = (builder.clone(), shutdown.clone());
+        let head_timeout = limits.header_read_timeout;
+        connections.spawn(async move {
+            serve_connection(stream, service, &builder, head_timeout, shutdown).await;
             drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves one connection until it closes or, once `shutdown` is cancelled, until the request in
+/// progress (or the first one, if it is on its way) is answered.
+async fn serve_connection<S>(
+    stream: TcpStream,
+    service: S,
+    builder: &hyper::server::conn::http1::Builder,
+    head_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // Told to stop, hyper closes unanswered a connection it has read nothing from, yet one
+    // accepted just before a stop may have its request on the way. So hyper gets the connection
+    // once its first byte is in (a peek: readiness alone can be spurious) or it closed, and is
+    // polled before the stop is looked at, so that it has read what came. A client that sends
+    // nothing is let go at the head's deadline, where hyper would let it go too.
+    let first_byte = tokio::time::timeout(head_timeout, stream.peek(&mut [0; 1])).await;
+    if first_byte.is_err() {
+        return;
+    }
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        biased;
+        ended = connection.as_mut() => ended,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%error, "connection closed");
+    }
 }
 
 /// A request body that fails with [`BodyTimeout`] when it is not complete by its deadline.
@@ -167,5 +208,87 @@ impl http_body::Body for Deadline {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn limits(header_read_timeout: Duration) -> Limits {
+        Limits {
+            header_read_timeout,
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 10,
+        }
+    }
+
+    type JoinHandle = tokio::task::JoinHandle<()>;
+
+    fn serving(header_read_timeout: Duration) -> (u16, CancellationToken, JoinHandle) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let shutdown = CancellationToken::new();
+        let served = tokio::spawn(serve(
+            TcpListener::from_std(listener).unwrap(),
+            router,
+            limits(header_read_timeout),
+            shutdown.clone(),
+        ));
+        (port, shutdown, served)
+    }
+
+    /// Waits until the serving loop has accepted `client`'s connection to `port`: the server's
+    /// end is established (`/proc/net/tcp` state 01) and the listen backlog is empty again (the
+    /// listening line's `rx_queue`; addresses as a little-endian Linux prints them).
+    async fn accepted(port: u16, client: &TcpStream) {
+        let client_port = client.local_addr().unwrap().port();
+        let (server_end, listening) = (
+            format!("0100007F:{port:04X} 0100007F:{client_port:04X} 01"),
+            format!("0100007F:{port:04X} 00000000:0000 0A 00000000:00000000"),
+        );
+        for _ in 0..5000 {
+            let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+            if table.contains(&server_end) && table.contains(&listening) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the connection from port {client_port} was never accepted");
+    }
+
+    #[tokio::test]
+    async fn a_connection_accepted_just_before_the_stop_still_gets_its_answer() {
+        let (port, shutdown, served) = serving(Duration::from_secs(10));
+        let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        accepted(port, &client).await;
+        shutdown.cancel();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.ends_with("ok"), "{answer:?}");
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_holds_a_stop_only_until_the_head_deadline() {
+        let (port, shutdown, served) = serving(Duration::from_millis(200));
+        let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        accepted(port, &client).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the stop waited past the head deadline")
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
     }
 }
