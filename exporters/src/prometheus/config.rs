@@ -46,8 +46,8 @@ pub struct PrometheusConfig {
     pub self_telemetry: bool,
     /// The resource's `service.name`, shown as `target_info{service_name=...}`.
     pub service_name: String,
-    /// How long a connection may take to send a request's head, counted from when it opens or
-    /// its previous answer was sent (so also the idle keep-alive timeout); 1ms to 1h.
+    /// How long a connection may take to send its first byte, and then a request's head, counted
+    /// from that byte or its previous answer (so also the idle keep-alive timeout); 1ms to 1h.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// How long a request's body may take to arrive (a scrape has none); 1ms to 1h.

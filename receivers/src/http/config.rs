@@ -38,9 +38,9 @@ pub struct HttpConfig {
     /// With `acknowledgements`, how long to wait for delivery before answering 503; 1ms to 1h.
     #[serde(with = "humantime_serde")]
     pub acknowledgement_timeout: Duration,
-    /// How long a connection may take to send a request's head, counted from when it opens or
-    /// its previous answer was sent; past it the connection is closed. It is thus also the idle
-    /// keep-alive timeout. From 1ms to 1h.
+    /// How long a connection may take to send its first byte, and then a request's head, counted
+    /// from that byte or its previous answer; past it the connection is closed. It is thus also
+    /// the idle keep-alive timeout. From 1ms to 1h.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// How long a request's whole body may take to arrive once its head has; past it the answer
