@@ -226,7 +226,9 @@ mod tests {
 
     type JoinHandle = tokio::task::JoinHandle<()>;
 
-    fn serving(header_read_timeout: Duration) -> (u16, CancellationToken, JoinHandle) {
+    /// Serves a router answering `GET /` with "ok", opens a connection that the serving loop
+    /// accepts, then stops the loop: the client's end and the loop's task.
+    async fn accepted_then_stopped(header_read_timeout: Duration) -> (TcpStream, JoinHandle) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -238,7 +240,10 @@ mod tests {
             limits(header_read_timeout),
             shutdown.clone(),
         ));
-        (port, shutdown, served)
+        let client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        accepted(port, &client).await;
+        shutdown.cancel();
+        (client, served)
     }
 
     /// Waits until the serving loop has accepted `client`'s connection to `port`: the server's
@@ -262,10 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_accepted_just_before_the_stop_still_gets_its_answer() {
-        let (port, shutdown, served) = serving(Duration::from_secs(10));
-        let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        accepted(port, &client).await;
-        shutdown.cancel();
+        let (mut client, served) = accepted_then_stopped(Duration::from_secs(10)).await;
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
             .await
@@ -279,10 +281,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_that_sends_nothing_holds_a_stop_only_until_the_head_deadline() {
-        let (port, shutdown, served) = serving(Duration::from_millis(200));
-        let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        accepted(port, &client).await;
-        shutdown.cancel();
+        let (mut client, served) = accepted_then_stopped(Duration::from_millis(200)).await;
         tokio::time::timeout(Duration::from_secs(10), served)
             .await
             .expect("the stop waited past the head deadline")
