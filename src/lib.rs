@@ -11,7 +11,7 @@ pub mod queue;
 pub mod service;
 
 pub use config::{ServiceConfig, load_file, parse};
-pub use service::{ConfigSource, Service};
+pub use service::{ConfigSource, Service, Signals};
 
 // `inventory` only sees plugin crates that the binary links; naming the distribution links them.
 use mcp_metrics_distribution as _;

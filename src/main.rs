@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mcp_metrics::config::{self, EMBEDDED_DEFAULT, ServiceConfig};
-use mcp_metrics::{ConfigSource, Service};
+use mcp_metrics::{ConfigSource, Service, Signals};
 use mcp_metrics_store::{Database, migrate};
 
 #[derive(Parser)]
@@ -225,8 +225,9 @@ async fn run(arg: ConfigArg) -> anyhow::Result<()> {
     let source = config_source(&arg);
     let (text, name) = source.read().map_err(anyhow::Error::msg)?;
     let config = config::parse(&text, &name, &environment)?;
+    let signals = Signals::new()?;
     let service = Service::start_from(config, Some(source)).await?;
-    service.run_until_signal().await
+    service.run_until_signal(signals).await
 }
 
 fn validate(arg: ConfigArg) -> anyhow::Result<()> {

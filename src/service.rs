@@ -163,8 +163,8 @@ impl Service {
     }
 
     /// Runs until SIGTERM or Ctrl-C (or a receiver fails), reloading on SIGHUP, then shuts down.
-    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
-        let mut signals = Signals::new()?;
+    /// `signals` were caught since before the service started (see [`Signals`]).
+    pub async fn run_until_signal(mut self, mut signals: Signals) -> anyhow::Result<()> {
         let mut watch = tokio::time::interval(self.settings.watch_interval);
         loop {
             if watch.period() != self.settings.watch_interval {
@@ -237,26 +237,32 @@ fn log_reload(cause: &str, result: &Result<String, String>) {
     }
 }
 
-/// The signals the service acts on.
-struct Signals {
+/// The signals the service acts on, caught from when this is made. Make it before the service
+/// starts: its receivers answer requests at once, and a SIGTERM (or SIGINT, SIGHUP) arriving
+/// before the handlers would take the default action, killing the process with what it had
+/// acknowledged still in memory.
+pub struct Signals {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     #[cfg(unix)]
-    fn new() -> std::io::Result<Signals> {
+    pub fn new() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
         })
     }
 
     #[cfg(not(unix))]
-    fn new() -> std::io::Result<Signals> {
+    pub fn new() -> std::io::Result<Signals> {
         Ok(Signals {})
     }
 
@@ -264,7 +270,7 @@ impl Signals {
         #[cfg(unix)]
         tokio::select! {
             _ = self.terminate.recv() => Signal::Stop("SIGTERM"),
-            _ = tokio::signal::ctrl_c() => Signal::Stop("Ctrl-C"),
+            _ = self.interrupt.recv() => Signal::Stop("Ctrl-C"),
             _ = self.hangup.recv() => Signal::Hangup,
         }
         #[cfg(not(unix))]

@@ -410,6 +410,53 @@ service:
     }
 }
 
+/// The signals this process catches, from `/proc/<pid>/status` (bit n-1 for signal n).
+fn caught_signals(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .unwrap();
+    u64::from_str_radix(mask.trim(), 16).unwrap()
+}
+
+/// A SIGTERM (or SIGINT, SIGHUP) that comes as soon as the service answers finds its handler, not
+/// the default action, which would kill it with acknowledged metrics still held in a batch.
+#[tokio::test]
+async fn signals_are_caught_before_the_first_answer_and_a_sigterm_then_loses_nothing() {
+    let (dir, mut child, address, key) = spawn_with_config(
+        "
+receivers:
+  http: {host: 127.0.0.1, port: 0}
+processors:
+  auth: {database: ./metrics.db}
+  batch: {send_batch_size: 500, timeout: 1h}
+exporters:
+  sqlite: {path: ./metrics.db, retention_days: 0}
+service:
+  pipelines:
+    metrics: {receivers: [http], processors: [auth, batch], exporters: [sqlite]}
+",
+    )
+    .await;
+    // Read as soon as the receiver has logged its address, before any request.
+    let caught = caught_signals(child.id());
+    let (sighup, sigint, sigterm) = (1 << 0, 1 << 1, 1 << 14);
+    for (name, bit) in [("SIGHUP", sighup), ("SIGINT", sigint), ("SIGTERM", sigterm)] {
+        assert_ne!(caught & bit, 0, "{name} not caught: SigCgt {caught:#x}");
+    }
+
+    let client = reqwest::Client::new();
+    let body = request_of("svc", vec![metric("custom")]);
+    let sent = metrics_request(&client, &address, &key, &body).send();
+    assert_eq!(sent.await.unwrap().status(), 200);
+    assert_eq!(terminate(&mut child), 0);
+    let store = mcp_metrics_store::Store::open(dir.path().join("metrics.db"))
+        .await
+        .unwrap();
+    assert_eq!(store.row_counts().await.unwrap()["metrics"], 1);
+}
+
 #[tokio::test]
 async fn a_stalled_exporter_does_not_hold_up_the_others() {
     let svc = TestService::with_config(
