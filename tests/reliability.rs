@@ -412,7 +412,7 @@ service:
 
 /// The signals this process catches, from `/proc/<pid>/status` (bit n-1 for signal n).
 fn caught_signals(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let status = proc_status(pid);
     let mask = status
         .lines()
         .find_map(|line| line.strip_prefix("SigCgt:"))
