@@ -424,21 +424,9 @@ fn caught_signals(pid: u32) -> u64 {
 /// the default action, which would kill it with acknowledged metrics still held in a batch.
 #[tokio::test]
 async fn signals_are_caught_before_the_first_answer_and_a_sigterm_then_loses_nothing() {
-    let (dir, mut child, address, key) = spawn_with_config(
-        "
-receivers:
-  http: {host: 127.0.0.1, port: 0}
-processors:
-  auth: {database: ./metrics.db}
-  batch: {send_batch_size: 500, timeout: 1h}
-exporters:
-  sqlite: {path: ./metrics.db, retention_days: 0}
-service:
-  pipelines:
-    metrics: {receivers: [http], processors: [auth, batch], exporters: [sqlite]}
-",
-    )
-    .await;
+    // A batch that holds what it takes until the shutdown, in the service's own folder.
+    let config = with_processors("  batch: {send_batch_size: 500, timeout: 1h}", "batch");
+    let (dir, mut child, address, key) = spawn_with_config(&config.replace("{dir}", ".")).await;
     // Read as soon as the receiver has logged its address, before any request.
     let caught = caught_signals(child.id());
     let (sighup, sigint, sigterm) = (1 << 0, 1 << 1, 1 << 14);
