@@ -396,6 +396,17 @@ pub fn median_of(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// What the service tells a component it builds, for one built here alone.
+pub fn build_context(id: &str) -> mcp_metrics_plugin::BuildContext {
+    mcp_metrics_plugin::BuildContext {
+        id: id.into(),
+        shutdown: mcp_metrics_plugin::CancellationToken::new(),
+        listeners: Default::default(),
+        telemetry: Default::default(),
+        extensions: Default::default(),
+    }
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -107,7 +107,7 @@ async fn ceiling(url: &str, method: PgWrite, duration: Duration) -> anyhow::Resu
     let Database::Postgres(store) = Database::open(url).await? else {
         bail!("{url} is not PostgreSQL");
     };
-    let mut batch = workload::batch(MERGED, chrono::Utc::now());
+    let mut batch = workload::batch(MERGED, chrono::Utc::now()).await?;
     let started = Instant::now();
     let mut written = 0;
     while started.elapsed() < duration {

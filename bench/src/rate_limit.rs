@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use mcp_metrics_plugin::{
-    Batch, BuildContext, CancellationToken, Consumer, KeyInfo, Listeners, Outcome, Processor,
-    ProcessorConfig, Refusal, RequestHead, Telemetry, async_trait,
+    Batch, Consumer, KeyInfo, Outcome, Processor, ProcessorConfig, Refusal, RequestHead,
+    async_trait,
 };
 use mcp_metrics_processors::rate_limit::{Policy, RateLimitConfig};
 
@@ -112,14 +112,8 @@ async fn measure(
         policy: Some(policy),
         ..RateLimitConfig::default()
     };
-    let shutdown = CancellationToken::new();
-    let cx = BuildContext {
-        id: "rate_limit".into(),
-        shutdown: shutdown.clone(),
-        listeners: Arc::new(Listeners::default()),
-        telemetry: Telemetry::default(),
-        extensions: Default::default(),
-    };
+    let cx = crate::build_context("rate_limit");
+    let shutdown = cx.shutdown.clone();
     let processor = config
         .build(&cx, Arc::new(Nothing))
         .await

@@ -1,10 +1,15 @@
 //! What the load is made of: requests of mixed metric types with the dimensions and metadata the
 //! gateway's components send, and the same rows written straight into SQLite for the ceiling.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mcp_metrics_plugin::{Batch, Metric, MetricType, Request, RequestContext};
+use anyhow::Context;
+use mcp_metrics_plugin::{
+    Batch, Consumer, KeyInfo, Metric, MetricType, Outcome, ProcessorConfig, Refusal, Request,
+    RequestContext, async_trait,
+};
+use mcp_metrics_processors::enrich::EnrichConfig;
 use mcp_metrics_store::Store;
 use serde_json::{Value, json};
 
@@ -37,15 +42,24 @@ pub fn body(n: usize, offset: usize) -> Vec<u8> {
     serde_json::to_vec(&request).expect("JSON")
 }
 
-/// The same mix as a batch of `n` decoded metrics, received at `at`.
-pub fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> Batch {
+/// The same mix as the service stores it: `n` metrics decoded as a client sends them, received
+/// at `at` with a key of their service, then through the shipped pipeline's `enrich` processor,
+/// which adds the receipt time and the key's service to each metric's metadata. A ceiling of
+/// lighter rows than the service's would flatter the writer beside it.
+pub async fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Batch> {
     let context = RequestContext {
-        request_id: "req_ceiling".into(),
+        // As long as the ids the service gives.
+        request_id: format!("req_{:016x}", 0x5eed_u64),
         service: "auth-server".into(),
         version: Some("1.0.0".into()),
         instance_id: Some("bench-01".into()),
         received_at: at,
-        key: None,
+        key: Some(KeyInfo {
+            id: 1,
+            service_name: "auth-server".into(),
+            rate_limit: None,
+            is_admin: false,
+        }),
         idempotency_key: None,
     };
     let metrics = (0..n)
@@ -63,13 +77,41 @@ pub fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> Batch {
             }
         })
         .collect();
-    Batch::new(
+    let decoded = Batch::new(
         Request {
             context: Arc::new(context),
             metrics,
         },
         None,
-    )
+    );
+    enriched(decoded).await
+}
+
+/// `batch` as the `enrich` processor of the shipped `pipelines.yaml` (`enrich: {}`) hands it on.
+async fn enriched(batch: Batch) -> anyhow::Result<Batch> {
+    let kept = Arc::new(Kept::default());
+    let enrich = EnrichConfig::default()
+        .build(&crate::build_context("enrich"), kept.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    enrich
+        .consume(batch)
+        .await
+        .map_err(|refusal| anyhow::anyhow!("enrich refused the batch: {}", refusal.message))?;
+    let batch = kept.0.lock().expect("not poisoned").take();
+    batch.context("enrich handed nothing on")
+}
+
+/// The end of a pipeline that keeps what reaches it.
+#[derive(Default)]
+struct Kept(Mutex<Option<Batch>>);
+
+#[async_trait]
+impl Consumer for Kept {
+    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
+        *self.0.lock().expect("not poisoned") = Some(batch);
+        Ok(Outcome::default())
+    }
 }
 
 /// Metrics per second this machine's SQLite takes through the service's own writer (same schema,
@@ -77,7 +119,7 @@ pub fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> Batch {
 pub async fn sqlite_ceiling(per_transaction: usize, duration: Duration) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path().join("ceiling.db")).await?;
-    let mut batch = batch(per_transaction, chrono::Utc::now());
+    let mut batch = batch(per_transaction, chrono::Utc::now()).await?;
     let started = Instant::now();
     let mut written = 0usize;
     while started.elapsed() < duration {
@@ -136,6 +178,14 @@ mod tests {
                 "registry_operation"
             ]
         );
-        assert_eq!(batch(100, chrono::Utc::now()).len(), 100);
+    }
+
+    #[tokio::test]
+    async fn the_ceiling_rows_carry_what_enrich_adds() {
+        let batch = batch(100, chrono::Utc::now()).await.unwrap();
+        assert_eq!(batch.len(), 100);
+        let metadata = &batch.requests[0].metrics[0].metadata;
+        assert_eq!(metadata["authenticated_service"], "auth-server");
+        assert!(metadata["received_at"].is_string(), "{metadata:?}");
     }
 }
