@@ -18,6 +18,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use mcp_metrics_plugin::{
+    Batch, BuildContext, CancellationToken, Consumer, Outcome, Refusal, async_trait,
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Load generator for mcp-metrics")]
@@ -397,13 +400,31 @@ pub fn median_of(mut values: Vec<f64>) -> f64 {
 }
 
 /// What the service tells a component it builds, for one built here alone.
-pub fn build_context(id: &str) -> mcp_metrics_plugin::BuildContext {
-    mcp_metrics_plugin::BuildContext {
+pub fn build_context(id: &str) -> BuildContext {
+    BuildContext {
         id: id.into(),
-        shutdown: mcp_metrics_plugin::CancellationToken::new(),
+        shutdown: CancellationToken::new(),
         listeners: Default::default(),
         telemetry: Default::default(),
         extensions: Default::default(),
+    }
+}
+
+/// The end of a pipeline built here alone: keeps the last batch that reaches it.
+#[derive(Default)]
+pub struct Kept(std::sync::Mutex<Option<Batch>>);
+
+impl Kept {
+    pub fn take(&self) -> Option<Batch> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+#[async_trait]
+impl Consumer for Kept {
+    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(batch);
+        Ok(Outcome::default())
     }
 }
 

@@ -16,10 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
-use mcp_metrics_plugin::{
-    Batch, Consumer, KeyInfo, Outcome, Processor, ProcessorConfig, Refusal, RequestHead,
-    async_trait,
-};
+use mcp_metrics_plugin::{KeyInfo, Processor, ProcessorConfig, RequestHead};
 use mcp_metrics_processors::rate_limit::{Policy, RateLimitConfig};
 
 use crate::median_of;
@@ -46,16 +43,6 @@ struct Figures {
     cpu_ns: f64,
     postgres_cpu_ns: f64,
     admitted: f64,
-}
-
-/// The end of the pipeline: nothing follows the rate limiter here.
-struct Nothing;
-
-#[async_trait]
-impl Consumer for Nothing {
-    async fn consume(&self, _batch: Batch) -> Result<Outcome, Refusal> {
-        Ok(Outcome::default())
-    }
 }
 
 pub async fn report(postgres: &str, runs: usize) -> anyhow::Result<()> {
@@ -115,7 +102,8 @@ async fn measure(
     let cx = crate::build_context("rate_limit");
     let shutdown = cx.shutdown.clone();
     let processor = config
-        .build(&cx, Arc::new(Nothing))
+        // Nothing follows the rate limiter here.
+        .build(&cx, Arc::new(crate::Kept::default()))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let keys: Vec<i64> = match load {

@@ -1,13 +1,12 @@
 //! What the load is made of: requests of mixed metric types with the dimensions and metadata the
 //! gateway's components send, and the same rows written straight into SQLite for the ceiling.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mcp_metrics_plugin::{
-    Batch, Consumer, KeyInfo, Metric, MetricType, Outcome, ProcessorConfig, Refusal, Request,
-    RequestContext, async_trait,
+    Batch, KeyInfo, Metric, MetricType, ProcessorConfig, Request, RequestContext,
 };
 use mcp_metrics_processors::enrich::EnrichConfig;
 use mcp_metrics_store::Store;
@@ -89,7 +88,7 @@ pub async fn batch(n: usize, at: chrono::DateTime<chrono::Utc>) -> anyhow::Resul
 
 /// `batch` as the `enrich` processor of the shipped `pipelines.yaml` (`enrich: {}`) hands it on.
 async fn enriched(batch: Batch) -> anyhow::Result<Batch> {
-    let kept = Arc::new(Kept::default());
+    let kept = Arc::new(crate::Kept::default());
     let enrich = EnrichConfig::default()
         .build(&crate::build_context("enrich"), kept.clone())
         .await
@@ -98,20 +97,7 @@ async fn enriched(batch: Batch) -> anyhow::Result<Batch> {
         .consume(batch)
         .await
         .map_err(|refusal| anyhow::anyhow!("enrich refused the batch: {}", refusal.message))?;
-    let batch = kept.0.lock().expect("not poisoned").take();
-    batch.context("enrich handed nothing on")
-}
-
-/// The end of a pipeline that keeps what reaches it.
-#[derive(Default)]
-struct Kept(Mutex<Option<Batch>>);
-
-#[async_trait]
-impl Consumer for Kept {
-    async fn consume(&self, batch: Batch) -> Result<Outcome, Refusal> {
-        *self.0.lock().expect("not poisoned") = Some(batch);
-        Ok(Outcome::default())
-    }
+    kept.take().context("enrich handed nothing on")
 }
 
 /// Metrics per second this machine's SQLite takes through the service's own writer (same schema,
