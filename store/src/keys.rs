@@ -48,7 +48,7 @@ pub fn generate_key() -> String {
 
 /// What is stored of a key: its SHA-256 digest in lower-case hex.
 pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    format!("{:x}", Sha256::digest(key.as_bytes()))
 }
 
 impl Store {
