@@ -127,3 +127,28 @@ impl crate::Store {
         self.writer.write(batch.requests.clone()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `.cargo/config.toml` builds SQLite without the process-wide locks the writer does not
+    /// need; a build that lost it (run from elsewhere, or the flags renamed) would still work,
+    /// only slower, so nothing else would tell.
+    #[test]
+    fn sqlite_is_built_without_process_wide_locks() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        let mut statement = connection.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "memory statistics lock every allocation: {options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "memory management shares one locked page cache: {options:?}"
+        );
+    }
+}
