@@ -141,11 +141,24 @@ async fn a_body_slower_than_its_deadline_is_answered_408_and_health_is_not_behin
         stream.write_all(head.as_bytes()).await.unwrap();
         stuck.push(stream);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let reply = svc
-        .post(Some(&key), &request_of("svc", vec![metric("custom")]))
-        .await;
+    // Once both hold their slots, data and operator requests are refused with a retry hint.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reply = loop {
+        let reply = svc
+            .post(Some(&key), &request_of("svc", vec![metric("custom")]))
+            .await;
+        if reply.status != 200 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.error(), "service_unavailable");
+    assert!(reply.body["message"].as_str().unwrap().contains("in flight"));
+    assert_eq!(reply.headers["retry-after"], "1");
+    let operator = svc.call("GET", "/rate-limit", &key, None).await;
+    assert_eq!(operator.status, 503, "{}", operator.body);
+    assert_eq!(operator.error(), "service_unavailable");
     // Health and readiness are still answered.
     let health = svc.health_until(Duration::ZERO, |_| true).await;
     assert_eq!(health.status, 200, "{}", health.body);
@@ -169,6 +182,8 @@ async fn a_body_slower_than_its_deadline_is_answered_408_and_health_is_not_behin
         .post(Some(&key), &request_of("svc", vec![metric("custom")]))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    let operator = svc.call("GET", "/rate-limit", &key, None).await;
+    assert_eq!(operator.status, 200, "{}", operator.body);
 }
 
 #[tokio::test]

@@ -108,16 +108,16 @@ impl Receiver for HttpReceiver {
             body_read_timeout: app.config.body_read_timeout,
             max_connections: app.config.max_connections,
         };
-        // Data and operator traffic is bounded by the in-flight limit; health and readiness are
-        // not, so they never queue behind it.
-        let data = Router::new()
-            .route("/metrics", post(post_metrics))
-            .merge(ops::routes())
-            .route_layer(middleware::from_fn_with_state(app.clone(), limit_in_flight));
+        // Data and operator traffic is bounded by the in-flight limit (`POST /metrics` takes its
+        // permit itself, sparing the busiest path a middleware's boxing); health and readiness
+        // are not, so they never queue behind it.
+        let operator =
+            ops::routes().route_layer(middleware::from_fn_with_state(app.clone(), limit_in_flight));
         let router = Router::new()
+            .route("/metrics", post(post_metrics))
             .route("/health", get(health))
             .route("/ready", get(ready))
-            .merge(data)
+            .merge(operator)
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(body_limit))
@@ -140,17 +140,22 @@ async fn limit_in_flight(
 ) -> Response {
     match app.in_flight.try_acquire() {
         Ok(_permit) => next.run(request).await,
-        Err(_) => {
-            let refusal = HttpError::unavailable(
-                "too many requests in flight; retry shortly",
-                std::time::Duration::from_secs(1),
-            );
-            error_reply(&refusal, &request_id(), None)
-        }
+        Err(_) => too_many_in_flight(),
     }
 }
 
+fn too_many_in_flight() -> Response {
+    let refusal = HttpError::unavailable(
+        "too many requests in flight; retry shortly",
+        std::time::Duration::from_secs(1),
+    );
+    error_reply(&refusal, &request_id(), None)
+}
+
 async fn post_metrics(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
+    let Ok(_permit) = app.in_flight.try_acquire() else {
+        return too_many_in_flight();
+    };
     let mut request_id = request_id();
     let started = std::time::Instant::now();
     let received_at = Utc::now();
