@@ -4,6 +4,7 @@
 //! SQLite equal the metrics acknowledged. In the same run it measures the ceiling: how fast this
 //! machine's SQLite takes the same rows without HTTP. Every figure is the median of `--runs`.
 
+mod floor;
 mod load;
 mod postgres;
 mod rate_limit;
@@ -69,6 +70,9 @@ pub struct Options {
     /// on this machine, whose CPU is counted too). Name one in `--scenarios` for it alone.
     #[arg(long)]
     pub postgres: Option<String>,
+    /// Be the refusal floor's server on this loopback port instead (see `floor`).
+    #[arg(long = &floor::FLAG[2..], hide = true)]
+    pub refusal_floor_port: Option<u16>,
 }
 
 /// One run's figures.
@@ -96,6 +100,9 @@ pub struct RunFigures {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::parse();
+    if let Some(port) = options.refusal_floor_port {
+        return floor::serve(port).await;
+    }
     if options.ceiling_only {
         for rows in [1, 16, 32, 100, MERGED] {
             let rate = workload::sqlite_ceiling(rows, Duration::from_secs(options.seconds)).await?;
@@ -142,7 +149,16 @@ async fn main() -> anyhow::Result<()> {
     if wants("refusal") && options.url.is_none() {
         for &batch in &options.batches {
             let load = Load::flat_out(batch, &options);
-            report_refusals(batch, &runs_of(load, Caller::WrongKey).await?);
+            let mut service = Vec::new();
+            let mut floor = Vec::new();
+            // Alternating, so both see the same moments of a noisy machine.
+            for _ in 0..options.runs {
+                let dir = tempfile::tempdir()?;
+                let (caller, mode) = (Caller::WrongKey, Mode::Default);
+                service.push(server::measure(&options, dir.path(), load, caller, mode).await?);
+                floor.push(floor::measure(load).await?);
+            }
+            report_refusals(batch, &service, &floor);
         }
     }
     if wants("steady") && options.url.is_none() {
@@ -333,8 +349,10 @@ fn report(batch: usize, runs: &[RunFigures], ceilings: &[(f64, f64)], local: boo
 }
 
 /// What a refusal from the head costs the service: its CPU over the requests it refused.
-fn report_refusals(batch: usize, runs: &[RunFigures]) {
+fn report_refusals(batch: usize, runs: &[RunFigures], floor: &[RunFigures]) {
     let median = |f: &dyn Fn(&RunFigures) -> f64| median(runs.iter().map(f).collect());
+    let per_refusal = |r: &RunFigures| r.cpu_seconds / r.refused.max(1) as f64 * 1e6;
+    let floor_per_refusal = median_of(floor.iter().map(per_refusal).collect());
     println!(
         "refusals: a wrong key, bodies of {batch} metrics, flat out (median of {}):",
         runs.len()
@@ -345,7 +363,13 @@ fn report_refusals(batch: usize, runs: &[RunFigures]) {
     );
     println!(
         "  server CPU per refused request {:>6.2} µs",
-        median(&|r| r.cpu_seconds / r.refused.max(1) as f64 * 1e6)
+        median(&per_refusal)
+    );
+    println!(
+        "  floor: a bare axum server answering the same 401, {:.2} µs ({:.0} refused/s); service / floor {:.2}",
+        floor_per_refusal,
+        median_of(floor.iter().map(|r| r.refused as f64 / r.seconds).collect()),
+        median(&per_refusal) / floor_per_refusal
     );
     println!(
         "  server CPU        {:>12.0} % of one core",

@@ -32,6 +32,9 @@ pub enum Mode {
     Durable,
 }
 
+/// A key no service knows.
+pub const WRONG_KEY: &str = "mcp_metrics_not-a-key-this-service-knows";
+
 pub async fn measure(
     options: &Options,
     dir: &Path,
@@ -48,7 +51,7 @@ pub async fn measure(
     let database = dir.join("metrics.db");
     let key = match caller {
         Caller::Keyed => create_key(options, &database)?,
-        Caller::WrongKey => "mcp_metrics_not-a-key-this-service-knows".to_owned(),
+        Caller::WrongKey => WRONG_KEY.to_owned(),
     };
     let rows_before = rows(&database).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -168,7 +171,7 @@ async fn sample_rss(pid: u32, peak: Arc<AtomicU64>) {
 }
 
 /// User plus system CPU time of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat
