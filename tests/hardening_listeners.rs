@@ -154,7 +154,12 @@ async fn a_body_slower_than_its_deadline_is_answered_408_and_health_is_not_behin
     };
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(reply.error(), "service_unavailable");
-    assert!(reply.body["message"].as_str().unwrap().contains("in flight"));
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("in flight")
+    );
     assert_eq!(reply.headers["retry-after"], "1");
     let operator = svc.call("GET", "/rate-limit", &key, None).await;
     assert_eq!(operator.status, 503, "{}", operator.body);

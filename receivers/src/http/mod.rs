@@ -108,11 +108,13 @@ impl Receiver for HttpReceiver {
             body_read_timeout: app.config.body_read_timeout,
             max_connections: app.config.max_connections,
         };
-        // Data and operator traffic is bounded by the in-flight limit (`POST /metrics` takes its
-        // permit itself, sparing the busiest path a middleware's boxing); health and readiness
-        // are not, so they never queue behind it.
-        let operator =
-            ops::routes().route_layer(middleware::from_fn_with_state(app.clone(), limit_in_flight));
+        // Data and operator traffic is bounded by the in-flight limit; health and readiness are
+        // not, so they never queue behind it. `POST /metrics` takes its permit and reads its body
+        // within `max_request_size` itself, sparing the busiest path a middleware's boxing and
+        // the extension map a body limit layer makes for each request.
+        let operator = ops::routes()
+            .layer(DefaultBodyLimit::max(body_limit))
+            .route_layer(middleware::from_fn_with_state(app.clone(), limit_in_flight));
         let router = Router::new()
             .route("/metrics", post(post_metrics))
             .route("/health", get(health))
@@ -120,7 +122,6 @@ impl Receiver for HttpReceiver {
             .merge(operator)
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
-            .layer(DefaultBodyLimit::max(body_limit))
             .with_state(app);
         tracing::info!(receiver = %self.id, address = %self.listener.local_addr()?, "listening");
         mcp_metrics_serve::serve(self.listener, router, limits, shutdown).await;
