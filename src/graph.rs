@@ -39,10 +39,13 @@ pub struct Base {
 /// A receiver's way into the pipelines; a reload points it elsewhere. It admits a request from
 /// its head (each pipeline's processors judge it, then each pipeline's room), and hands an
 /// admitted request to every pipeline or to none.
-pub struct Switch(RwLock<Route>);
+///
+/// The route sits behind one `Arc`, so a request takes it with one reference count rather than
+/// one per field: every request takes it, from every worker thread at once.
+pub struct Switch(RwLock<Arc<Route>>);
 
-/// Where a switch sends requests, and the generation that is; a request under way holds a clone
-/// of the generation, so a reload can tell when the old one is no longer in use.
+/// Where a switch sends requests, and the generation that is; a request under way holds the
+/// route, and so the generation, so a reload can tell when the old one is no longer in use.
 #[derive(Clone)]
 struct Route {
     pipelines: Arc<[Entry]>,
@@ -78,10 +81,10 @@ struct Gate {
 
 impl Switch {
     fn set(&self, route: Route) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = route;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(route);
     }
 
-    fn route(&self) -> Route {
+    fn route(&self) -> Arc<Route> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -118,7 +121,7 @@ impl Pipelines for Switch {
 /// A request admitted on one generation of the graph, delivered to the same one.
 struct Admission {
     head: RequestHead,
-    route: Route,
+    route: Arc<Route>,
 }
 
 #[async_trait]
@@ -597,7 +600,7 @@ fn start(
     base: &Base,
 ) -> RunningReceiver {
     let addr = receiver.local_addr();
-    let switch = Arc::new(Switch(RwLock::new(route)));
+    let switch = Arc::new(Switch(RwLock::new(Arc::new(route))));
     let stop_receiving = CancellationToken::new();
     let (id, failures, stopping) = (
         id.to_owned(),
