@@ -48,15 +48,20 @@ pub async fn measure(load: Load) -> anyhow::Result<RunFigures> {
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let url = format!("http://127.0.0.1:{port}");
-    server::wait_healthy(&url, &mut child).await?;
-    let cpu_before = server::cpu_seconds(child.id());
-    let started = Instant::now();
-    let mut figures = load::drive(&url, server::WRONG_KEY, load, None).await?;
-    figures.cpu_seconds = server::cpu_seconds(child.id()) - cpu_before;
-    figures.cpu_percent = figures.cpu_seconds / started.elapsed().as_secs_f64() * 100.0;
-    child.kill()?;
+    let measured = async {
+        server::wait_healthy(&url, &mut child).await?;
+        let cpu_before = server::cpu_seconds(child.id());
+        let started = Instant::now();
+        let mut figures = load::drive(&url, server::WRONG_KEY, load, None).await?;
+        figures.cpu_seconds = server::cpu_seconds(child.id()) - cpu_before;
+        figures.cpu_percent = figures.cpu_seconds / started.elapsed().as_secs_f64() * 100.0;
+        anyhow::Ok(figures)
+    }
+    .await;
+    // Stopped whatever happened: it would otherwise outlive the bench.
+    let _ = child.kill();
     child.wait()?;
-    Ok(figures)
+    measured
 }
 
 #[cfg(test)]
