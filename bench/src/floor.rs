@@ -4,14 +4,12 @@
 //! draw, no telemetry, no timeouts. The bench runs it as a process of its own, with the same
 //! refusal load as the service, in the same run, so the service's figure can be read against it.
 
-use std::time::Instant;
-
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
-use crate::load::{self, Load};
+use crate::load::Load;
 use crate::{RunFigures, server};
 
 /// The flag that makes the bench binary this server instead (hidden from `--help`).
@@ -40,9 +38,7 @@ async fn refuse() -> impl IntoResponse {
 
 /// The floor driven by `load` from a wrong key: its CPU over what it refused, as for the service.
 pub async fn measure(load: Load) -> anyhow::Result<RunFigures> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = server::free_port()?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args([FLAG, &port.to_string()])
         .stderr(std::process::Stdio::null())
@@ -50,12 +46,7 @@ pub async fn measure(load: Load) -> anyhow::Result<RunFigures> {
     let url = format!("http://127.0.0.1:{port}");
     let measured = async {
         server::wait_healthy(&url, &mut child).await?;
-        let cpu_before = server::cpu_seconds(child.id());
-        let started = Instant::now();
-        let mut figures = load::drive(&url, server::WRONG_KEY, load, None).await?;
-        figures.cpu_seconds = server::cpu_seconds(child.id()) - cpu_before;
-        figures.cpu_percent = figures.cpu_seconds / started.elapsed().as_secs_f64() * 100.0;
-        anyhow::Ok(figures)
+        server::drive_counting_cpu(child.id(), &url, server::WRONG_KEY, load, None).await
     }
     .await;
     // Stopped whatever happened: it would otherwise outlive the bench.

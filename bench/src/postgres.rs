@@ -169,9 +169,7 @@ async fn start_replica(
     options: &Options,
     database: &str,
 ) -> anyhow::Result<(Child, String, tempfile::TempDir)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = server::free_port()?;
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(&options.server)
         .arg("run")

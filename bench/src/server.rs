@@ -54,9 +54,7 @@ pub async fn measure(
         Caller::WrongKey => WRONG_KEY.to_owned(),
     };
     let rows_before = rows(&database).await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let started = Instant::now();
     let mut child = Command::new(&options.server)
         .arg("run")
@@ -80,17 +78,36 @@ pub async fn measure(
 
     let peak_rss = Arc::new(AtomicU64::new(0));
     let sampler = tokio::spawn(sample_rss(child.id(), peak_rss.clone()));
-    let cpu_before = cpu_seconds(child.id());
-    let load_started = Instant::now();
-    let mut figures = load::drive(&url, &key, load, Some(sampler)).await?;
-    let cpu = cpu_seconds(child.id()) - cpu_before;
-    figures.cpu_seconds = cpu;
-    figures.cpu_percent = cpu / load_started.elapsed().as_secs_f64() * 100.0;
+    let mut figures = drive_counting_cpu(child.id(), &url, &key, load, Some(sampler)).await?;
     figures.peak_rss_mb = peak_rss.load(Ordering::Relaxed) as f64 / 1024.0;
     figures.startup_ms = startup_ms;
 
     stop(&mut child, "the service")?;
     figures.stored = rows(&database).await? - rows_before;
+    Ok(figures)
+}
+
+/// A loopback port free now, for a server about to be started.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Drives `load` on `url` (see [`load::drive`]) and counts the CPU that process `pid`, the
+/// server, spent meanwhile.
+pub async fn drive_counting_cpu(
+    pid: u32,
+    url: &str,
+    key: &str,
+    load: Load,
+    during: Option<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<RunFigures> {
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let mut figures = load::drive(url, key, load, during).await?;
+    figures.cpu_seconds = cpu_seconds(pid) - cpu_before;
+    figures.cpu_percent = figures.cpu_seconds / started.elapsed().as_secs_f64() * 100.0;
     Ok(figures)
 }
 
@@ -171,7 +188,7 @@ async fn sample_rss(pid: u32, peak: Arc<AtomicU64>) {
 }
 
 /// User plus system CPU time of `pid`, in seconds.
-pub fn cpu_seconds(pid: u32) -> f64 {
+fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat
