@@ -20,14 +20,19 @@ use mcp_metrics_plugin::{CancellationToken, KeyInfo};
 
 use crate::postgres::KEYS_CHANGED;
 use crate::shared::OpenOnce;
-use crate::{Database, Location, PgStore, hash_key};
+use crate::{Database, Location, PgStore, key_digest};
 
 const MAX_UNKNOWN: usize = 10_000;
 
+/// A key's SHA-256 digest, as the cache holds it: every request's key is looked up, and 32 bytes
+/// are hashed and compared in half the time of the 64 characters of hex the database stores,
+/// with no string to make.
+type Digest = [u8; 32];
+
 pub struct KeyCache {
     database: Database,
-    known: RwLock<HashMap<String, KeyInfo>>,
-    unknown: Mutex<HashSet<String>>,
+    known: RwLock<HashMap<Digest, KeyInfo>>,
+    unknown: Mutex<HashSet<Digest>>,
     /// Ids of keys used since `last_used_at` was last written.
     used: Mutex<HashSet<i64>>,
     /// Stops the tasks that keep it fresh, once the last component using it is gone.
@@ -83,7 +88,7 @@ impl KeyCache {
 
     /// The active key behind `key`, if there is one.
     pub async fn lookup(&self, key: &str) -> anyhow::Result<Option<KeyInfo>> {
-        let digest = hash_key(key);
+        let digest = key_digest(key);
         let found = self
             .known
             .read()
@@ -103,14 +108,14 @@ impl KeyCache {
         Ok(found)
     }
 
-    async fn lookup_unknown(&self, digest: String) -> anyhow::Result<Option<KeyInfo>> {
+    async fn lookup_unknown(&self, digest: Digest) -> anyhow::Result<Option<KeyInfo>> {
         {
             let unknown = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
             if unknown.contains(&digest) || unknown.len() >= MAX_UNKNOWN {
                 return Ok(None);
             }
         }
-        let found = self.database.find_active_key(&digest).await?;
+        let found = self.database.find_active_key(&hex::encode(digest)).await?;
         match &found {
             Some(info) => {
                 let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
@@ -125,8 +130,13 @@ impl KeyCache {
     }
 
     async fn refresh(&self) -> anyhow::Result<()> {
-        let active: HashMap<String, KeyInfo> =
-            self.database.active_keys().await?.into_iter().collect();
+        let active: HashMap<Digest, KeyInfo> = self
+            .database
+            .active_keys()
+            .await?
+            .into_iter()
+            .filter_map(|(stored, info)| Some((stored_digest(&stored)?, info)))
+            .collect();
         *self.known.write().unwrap_or_else(|e| e.into_inner()) = active;
         self.unknown
             .lock()
@@ -146,6 +156,17 @@ impl KeyCache {
         }
         self.database.touch_keys(&used).await
     }
+}
+
+/// The digest a key's row stores, if it is one a key can match: 64 characters of lower-case hex,
+/// as [`hash_key`](crate::hash_key) writes them (the database compares the text as it is).
+fn stored_digest(stored: &str) -> Option<Digest> {
+    if stored.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut digest = [0; 32];
+    hex::decode_to_slice(stored, &mut digest).ok()?;
+    Some(digest)
 }
 
 impl Drop for KeyCache {
@@ -186,5 +207,27 @@ async fn listen(cache: &Weak<KeyCache>, store: &PgStore) -> Result<Infallible, s
         if let Err(error) = cache.refresh().await {
             tracing::warn!(%error, "cannot refresh API keys; keeping the ones known");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash_key;
+
+    #[test]
+    fn a_stored_digest_is_read_as_the_key_it_was_made_from() {
+        let key = "mcp_metrics_abc";
+        assert_eq!(stored_digest(&hash_key(key)), Some(key_digest(key)));
+    }
+
+    #[test]
+    fn a_row_no_key_can_match_is_left_out() {
+        let stored = hash_key("mcp_metrics_abc");
+        // The database compares the text: an upper-case digest never matches a key.
+        assert_eq!(stored_digest(&stored.to_ascii_uppercase()), None);
+        assert_eq!(stored_digest(&stored[..62]), None);
+        assert_eq!(stored_digest(&format!("{stored}00")), None);
+        assert_eq!(stored_digest("not hex at all"), None);
     }
 }

@@ -46,9 +46,14 @@ pub fn generate_key() -> String {
     format!("mcp_metrics_{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// A key's SHA-256 digest.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// What is stored of a key: its SHA-256 digest in lower-case hex.
 pub fn hash_key(key: &str) -> String {
-    format!("{:x}", Sha256::digest(key.as_bytes()))
+    hex::encode(key_digest(key))
 }
 
 impl Store {

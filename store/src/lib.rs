@@ -34,7 +34,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use database::{Database, DatabaseExtension, is_bare_word};
 pub use idempotency::IDEMPOTENCY_WINDOW;
 pub use key_cache::KeyCache;
-pub use keys::{EnvKeyChange, KeyRecord, generate_key, hash_key};
+pub use keys::{EnvKeyChange, KeyRecord, generate_key, hash_key, key_digest};
 pub use location::Location;
 pub use migrate::migrate;
 pub use postgres::{KEYS_CHANGED, Lease, PgStore, PgWrite};
