@@ -120,6 +120,43 @@ async fn stalled_connections_neither_starve_clients_nor_stay_open() {
     }
 }
 
+/// The head deadline (1 s here) runs from a connection's first byte or last answer until the
+/// next head is in, not while a request is read and answered: a body that takes longer than it
+/// (within its own 2 s) is answered, and the idle connection is closed a deadline later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_deadline_runs_between_requests_not_during_one() {
+    let (_dir, _child, address, key) = spawn_with_config(CONFIG).await;
+    let body = serde_json::to_vec(&request_of("svc", vec![metric("custom")])).unwrap();
+    let head = format!(
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (first_half, second_half) = body.split_at(body.len() / 2);
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(first_half).await.unwrap();
+    // A slow client: the point of the test, not a wait for something.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(second_half).await.unwrap();
+    let mut answer = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answered = Instant::now();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let closed = closed_at(stream, Duration::from_secs(5))
+        .await
+        .expect("the idle connection was closed");
+    let idle = closed - answered;
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(2500),
+        "closed {idle:?} after its answer"
+    );
+}
+
 #[tokio::test]
 async fn a_body_slower_than_its_deadline_is_answered_408_and_health_is_not_behind_the_in_flight_limit()
  {

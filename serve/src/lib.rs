@@ -1,8 +1,9 @@
 //! Serving an axum router the way a listener exposed to hostile clients must be served: a cap on
 //! open connections, a deadline for a request's head (which also closes idle keep-alive
-//! connections), a deadline for its body, and a graceful stop. `axum::serve` offers none of them
-//! (hyper's HTTP/1 header-read timeout is silently off without a timer), so this drives hyper's
-//! HTTP/1 connection itself, with `TokioTimer`.
+//! connections), a deadline for its body, and a graceful stop. `axum::serve` offers none of them,
+//! so this drives hyper's HTTP/1 connection itself.
+
+mod head_deadline;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,11 +15,13 @@ use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use head_deadline::{Answer, HeadDeadline};
 
 /// The bounds every connection of a listener is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,10 +56,8 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
+    // The head's deadline is kept by `HeadDeadline`, with no timer made for each request.
+    builder.header_read_timeout(None).keep_alive(true);
     let builder = Arc::new(builder);
     loop {
         // The stop comes first: a connection accepted after it would only be closed unanswered,
@@ -83,15 +84,22 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let body_timeout = limits.body_read_timeout;
+        let head = HeadDeadline::start(limits.header_read_timeout);
+        let answers = head.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            answers.answering();
             let request = request.map(|body| Body::new(Deadline::new(body, body_timeout)));
             // A router is always ready, so it is called without `poll_ready`.
-            tower_service::Service::call(&mut router.clone(), request)
+            let answer = tower_service::Service::call(&mut router.clone(), request);
+            let answers = answers.clone();
+            async move {
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| answers.answer(body)))
+            }
         });
         let (builder, shutdown) = (builder.clone(), shutdown.clone());
-        let head_timeout = limits.header_read_timeout;
         connections.spawn(async move {
-            serve_connection(stream, service, &builder, head_timeout, shutdown).await;
+            serve_connection(stream, service, &builder, &head, shutdown).await;
             drop(slot);
         });
     }
@@ -106,10 +114,10 @@ async fn serve_connection<S>(
     stream: TcpStream,
     service: S,
     builder: &hyper::server::conn::http1::Builder,
-    head_timeout: Duration,
+    head: &HeadDeadline,
     shutdown: CancellationToken,
 ) where
-    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S: hyper::service::HttpService<Incoming, ResBody = Answer<Body>>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // Told to stop, hyper closes unanswered a connection it has read nothing from, yet one
@@ -126,17 +134,24 @@ async fn serve_connection<S>(
     tokio::select! {
         biased;
         _ = stream.peek(&mut first_byte) => {}
-        _ = tokio::time::sleep(head_timeout) => return,
+        _ = head.overdue() => return,
         _ = stopped_a_moment_ago => return,
     }
+    head.restart();
+    // A head overdue closes the connection, however far hyper got with it.
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let ended = tokio::select! {
         biased;
         ended = connection.as_mut() => ended,
+        _ = head.overdue() => return,
         _ = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            tokio::select! {
+                biased;
+                ended = connection.as_mut() => ended,
+                _ = head.overdue() => return,
+            }
         }
     };
     if let Err(error) = ended {
