@@ -73,33 +73,49 @@ fn record_keyed_parts(
     Ok(seen)
 }
 
-/// The metrics `table` takes, a row each, one execution of its prepared statement per row: on
-/// this thread a statement costs no round trip, so there is nothing to gain from many rows per
+/// Rows per `INSERT` statement. Each execution of a statement has a fixed cost on top of its
+/// rows, most of it the `AUTOINCREMENT` bookkeeping (reading and rewriting the table's
+/// `sqlite_sequence` row). Sharing it among 16 rows took 10–20 % off the writer's CPU a row in a
+/// scratch benchmark (longer statements gained nothing more) and about 2 points of a core off
+/// the bench's steady scenario.
+const ROWS_PER_STATEMENT: usize = 16;
+
+/// The prepared statements the writer uses: an `INSERT` per table and row count, and the one
+/// that records idempotency keys. Its connection caches them all.
+pub(crate) const STATEMENTS: usize = TABLES.len() * ROWS_PER_STATEMENT + 1;
+
+/// The metrics `table` takes, up to [`ROWS_PER_STATEMENT`] rows per execution of a prepared
 /// statement.
 fn insert(
     connection: &Connection,
     table: &Table,
     metrics: &[(&RequestContext, &Metric)],
 ) -> rusqlite::Result<()> {
-    let mut statement = connection.prepare_cached(&insert_sql(table))?;
+    let taken: Vec<_> = metrics.iter().filter(|(_, m)| table.takes(m)).collect();
     let mut row = Vec::with_capacity(table.columns.len());
-    for &(context, metric) in metrics.iter().filter(|(_, m)| table.takes(m)) {
-        table.row_of(context, metric, &mut row);
-        for (index, value) in row.iter().enumerate() {
-            statement.raw_bind_parameter(index + 1, value)?;
+    for chunk in taken.chunks(ROWS_PER_STATEMENT) {
+        let mut statement = connection.prepare_cached(&insert_sql(table, chunk.len()))?;
+        let mut parameter = 0;
+        for &&(context, metric) in chunk {
+            table.row_of(context, metric, &mut row);
+            for value in &row {
+                parameter += 1;
+                statement.raw_bind_parameter(parameter, value)?;
+            }
         }
         statement.raw_execute()?;
     }
     Ok(())
 }
 
-/// `INSERT INTO t (a, b) VALUES (?, ?)`.
-fn insert_sql(table: &Table) -> String {
+/// `INSERT INTO t (a, b) VALUES (?, ?), (?, ?)`: `rows` rows.
+fn insert_sql(table: &Table, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; table.columns.len()].join(", "));
     format!(
-        "INSERT INTO {} ({}) VALUES ({})",
+        "INSERT INTO {} ({}) VALUES {}",
         table.name,
         table.column_list(),
-        vec!["?"; table.columns.len()].join(", ")
+        vec![row; rows].join(", ")
     )
 }
 
@@ -108,10 +124,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn insert_sql_has_a_parameter_per_column() {
+    fn insert_sql_has_a_parameter_per_column_of_each_row() {
         let auth = TABLES[1];
-        let sql = insert_sql(auth);
+        let sql = insert_sql(auth, 3);
         assert!(sql.starts_with("INSERT INTO auth_metrics (request_id, timestamp"));
-        assert_eq!(sql.matches('?').count(), auth.columns.len());
+        assert_eq!(sql.matches('?').count(), 3 * auth.columns.len());
+        assert_eq!(sql.matches("), (").count(), 2);
     }
 }

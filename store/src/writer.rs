@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::checkpointer::{BACKSTOP_PAGES, Checkpointer};
-use crate::rows::write_rows;
+use crate::rows::{STATEMENTS, write_rows};
 use crate::write_error::WriteError;
 
 /// How long a write waits for another writer's lock before it fails (and is retried).
@@ -115,6 +115,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
          PRAGMA temp_store = memory; PRAGMA cache_size = -2000;",
     )?;
     connection.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)?;
+    connection.set_prepared_statement_cache_capacity(STATEMENTS);
     Ok(connection)
 }
 

@@ -1,0 +1,75 @@
+//! The writer puts many rows in one `INSERT`: every metric of a batch still lands once, in its
+//! order, with its own values, however the batch divides into statements.
+
+use std::sync::Arc;
+
+use mcp_metrics_plugin::{Batch, Metric, MetricType, Request, RequestContext};
+use mcp_metrics_store::Store;
+use serde_json::json;
+
+/// `count` metrics, every third a custom one and the rest auth requests, each valued by its
+/// index and with a user of its own.
+fn mixed(count: usize) -> Batch {
+    let now = chrono::Utc::now();
+    let context = RequestContext {
+        request_id: "req_1".into(),
+        service: "svc".into(),
+        version: None,
+        instance_id: None,
+        received_at: now,
+        key: None,
+        idempotency_key: None,
+    };
+    let metric = |index: usize| {
+        let dimensions = json!({"user_hash": format!("user_{index}"), "success": true});
+        Metric {
+            index,
+            metric_type: if index % 3 == 0 {
+                MetricType::Custom
+            } else {
+                MetricType::AuthRequest
+            },
+            timestamp: now,
+            value: index as f64,
+            duration_ms: Some(index as f64 / 2.0),
+            dimensions: dimensions.as_object().unwrap().clone(),
+            metadata: Default::default(),
+        }
+    };
+    Batch::new(
+        Request {
+            context: Arc::new(context),
+            metrics: (0..count).map(metric).collect(),
+        },
+        None,
+    )
+}
+
+#[tokio::test]
+async fn every_row_of_a_batch_lands_once_with_its_own_values() {
+    // 1 is a single statement; 16 fills one exactly; 37 and 100 leave a shorter one at the end.
+    for count in [1, 16, 37, 100] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("metrics.db")).await.unwrap();
+        store.write_batch(&mixed(count)).await.unwrap();
+
+        let values: Vec<f64> = sqlx::query_scalar("SELECT value FROM metrics ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        let expected: Vec<f64> = (0..count).map(|i| i as f64).collect();
+        assert_eq!(values, expected, "{count} metrics");
+
+        let users: Vec<(String, f64)> =
+            sqlx::query_as("SELECT user_hash, duration_ms FROM auth_metrics ORDER BY id")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let expected: Vec<(String, f64)> = (0..count)
+            .filter(|i| i % 3 != 0)
+            .map(|i| (format!("user_{i}"), i as f64 / 2.0))
+            .collect();
+        assert_eq!(users, expected, "{count} metrics");
+        store.close().await;
+    }
+}
