@@ -1,5 +1,6 @@
 //! The writer puts many rows in one `INSERT`: every metric of a batch still lands once, in its
-//! order, with its own values, however the batch divides into statements.
+//! order, with its own values, however the batch divides into statements, and with the
+//! `created_at` the schema's default would have given it.
 
 use std::sync::Arc;
 
@@ -70,6 +71,21 @@ async fn every_row_of_a_batch_lands_once_with_its_own_values() {
             .map(|i| (format!("user_{i}"), i as f64 / 2.0))
             .collect();
         assert_eq!(users, expected, "{count} metrics");
+
+        // `created_at` as the schema's default writes it: `datetime('now')`, to the second.
+        for table in ["metrics", "auth_metrics"] {
+            let off: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {table} WHERE created_at IS NOT datetime(created_at) \
+                 OR abs(unixepoch(created_at) - unixepoch('now')) > 60"
+            )))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            assert_eq!(
+                off, 0,
+                "{table}: rows whose created_at is not now, as SQLite writes it"
+            );
+        }
         store.close().await;
     }
 }
