@@ -25,7 +25,7 @@ fn mixed(count: usize) -> Batch {
         let dimensions = json!({"user_hash": format!("user_{index}"), "success": true});
         Metric {
             index,
-            metric_type: if index % 3 == 0 {
+            metric_type: if index.is_multiple_of(3) {
                 MetricType::Custom
             } else {
                 MetricType::AuthRequest
@@ -67,7 +67,7 @@ async fn every_row_of_a_batch_lands_once_with_its_own_values() {
                 .await
                 .unwrap();
         let expected: Vec<(String, f64)> = (0..count)
-            .filter(|i| i % 3 != 0)
+            .filter(|i| !i.is_multiple_of(3))
             .map(|i| (format!("user_{i}"), i as f64 / 2.0))
             .collect();
         assert_eq!(users, expected, "{count} metrics");
