@@ -2,24 +2,15 @@
 //! connections, survives the checkpoint they run at shutdown, and is in the file when it is
 //! opened again. Its commits are folded into the file by a thread of their own.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use mcp_metrics_plugin::{Batch, Metric, MetricType, Request, RequestContext};
+use mcp_metrics_plugin::{Batch, Metric, MetricType};
 use mcp_metrics_store::{Database, Store};
 
 fn metrics(count: usize) -> Batch {
-    let now = chrono::Utc::now();
-    let context = RequestContext {
-        request_id: "req_1".into(),
-        service: "svc".into(),
-        version: None,
-        instance_id: None,
-        received_at: now,
-        key: None,
-        idempotency_key: None,
-    };
-    let metric = |index| Metric {
+    common::batch(count, |index, now| Metric {
         index,
         metric_type: MetricType::Custom,
         timestamp: now,
@@ -27,14 +18,7 @@ fn metrics(count: usize) -> Batch {
         duration_ms: None,
         dimensions: Default::default(),
         metadata: Default::default(),
-    };
-    Batch::new(
-        Request {
-            context: Arc::new(context),
-            metrics: (0..count).map(metric).collect(),
-        },
-        None,
-    )
+    })
 }
 
 #[tokio::test]

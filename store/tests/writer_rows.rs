@@ -2,26 +2,16 @@
 //! order, with its own values, however the batch divides into statements, and with the
 //! `created_at` the schema's default would have given it.
 
-use std::sync::Arc;
+mod common;
 
-use mcp_metrics_plugin::{Batch, Metric, MetricType, Request, RequestContext};
+use mcp_metrics_plugin::{Batch, Metric, MetricType};
 use mcp_metrics_store::Store;
 use serde_json::json;
 
 /// `count` metrics, every third a custom one and the rest auth requests, each valued by its
 /// index and with a user of its own.
 fn mixed(count: usize) -> Batch {
-    let now = chrono::Utc::now();
-    let context = RequestContext {
-        request_id: "req_1".into(),
-        service: "svc".into(),
-        version: None,
-        instance_id: None,
-        received_at: now,
-        key: None,
-        idempotency_key: None,
-    };
-    let metric = |index: usize| {
+    common::batch(count, |index, now| {
         let dimensions = json!({"user_hash": format!("user_{index}"), "success": true});
         Metric {
             index,
@@ -36,14 +26,7 @@ fn mixed(count: usize) -> Batch {
             dimensions: dimensions.as_object().unwrap().clone(),
             metadata: Default::default(),
         }
-    };
-    Batch::new(
-        Request {
-            context: Arc::new(context),
-            metrics: (0..count).map(metric).collect(),
-        },
-        None,
-    )
+    })
 }
 
 #[tokio::test]
