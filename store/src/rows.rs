@@ -92,7 +92,7 @@ pub(crate) const STATEMENTS: usize = TABLES.len() * ROWS_PER_STATEMENT + 1;
 const CREATED_AT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// The metrics `table` takes, up to [`ROWS_PER_STATEMENT`] rows per execution of a prepared
-/// statement.
+/// statement. The full statement's text is made once per call, not once per execution.
 fn insert(
     connection: &Connection,
     table: &Table,
@@ -100,21 +100,43 @@ fn insert(
     created_at: &str,
 ) -> rusqlite::Result<()> {
     let taken: Vec<_> = metrics.iter().filter(|(_, m)| table.takes(m)).collect();
+    let full = taken.chunks_exact(ROWS_PER_STATEMENT);
+    let rest = full.remainder();
     let mut row = Vec::with_capacity(table.columns.len());
-    for chunk in taken.chunks(ROWS_PER_STATEMENT) {
-        let mut statement = connection.prepare_cached(&insert_sql(table, chunk.len()))?;
-        let mut parameter = 0;
-        for &&(context, metric) in chunk {
-            table.row_of(context, metric, &mut row);
-            for value in &row {
-                parameter += 1;
-                statement.raw_bind_parameter(parameter, value)?;
-            }
-            parameter += 1;
-            statement.raw_bind_parameter(parameter, created_at)?;
+    if full.len() > 0 {
+        let sql = insert_sql(table, ROWS_PER_STATEMENT);
+        for chunk in full {
+            insert_chunk(connection, &sql, table, chunk, created_at, &mut row)?;
         }
-        statement.raw_execute()?;
     }
+    if !rest.is_empty() {
+        let sql = insert_sql(table, rest.len());
+        insert_chunk(connection, &sql, table, rest, created_at, &mut row)?;
+    }
+    Ok(())
+}
+
+/// One execution of `sql`, made by [`insert_sql`] for `chunk.len()` rows; `row` is scratch.
+fn insert_chunk<'a>(
+    connection: &Connection,
+    sql: &str,
+    table: &Table,
+    chunk: &[&(&'a RequestContext, &'a Metric)],
+    created_at: &str,
+    row: &mut Vec<Field<'a>>,
+) -> rusqlite::Result<()> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let mut parameter = 0;
+    for &&(context, metric) in chunk {
+        table.row_of(context, metric, row);
+        for value in row.iter() {
+            parameter += 1;
+            statement.raw_bind_parameter(parameter, value)?;
+        }
+        parameter += 1;
+        statement.raw_bind_parameter(parameter, created_at)?;
+    }
+    statement.raw_execute()?;
     Ok(())
 }
 
