@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use shared::OpenOnce;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -135,10 +135,37 @@ pub const METRIC_TABLES: [&str; 4] = [
     "tool_metrics",
 ];
 
-/// How timestamps are stored: UTC, fixed width, so text order is time order.
+/// How timestamps are stored: UTC, fixed width, so text order is time order; the text the format
+/// `%Y-%m-%dT%H:%M:%S%.6fZ` writes (`2026-12-01T13:45:07.123456Z`).
 pub fn timestamp_text(at: &DateTime<Utc>) -> String {
-    // The same text as the format `%Y-%m-%dT%H:%M:%S%.6fZ`, without parsing a format string.
-    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    // Digit by digit: the writer formats every row's timestamp, and chrono's RFC 3339 writer took
+    // about 1,200 instructions a row (callgrind). Years of other than four digits and leap
+    // seconds, which chrono writes its own way, are left to it.
+    let at = at.naive_utc();
+    let (date, time) = (at.date(), at.time());
+    let nanos = time.nanosecond();
+    if !(0..=9999).contains(&date.year()) || nanos >= 1_000_000_000 {
+        return at
+            .and_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    }
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    let fields = [
+        (0, 4, date.year() as u32),
+        (5, 2, date.month()),
+        (8, 2, date.day()),
+        (11, 2, time.hour()),
+        (14, 2, time.minute()),
+        (17, 2, time.second()),
+        (20, 6, nanos / 1_000),
+    ];
+    for (start, width, mut value) in fields {
+        for digit in text[start..start + width].iter_mut().rev() {
+            *digit = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    String::from_utf8(text.to_vec()).expect("ASCII digits and separators")
 }
 
 /// Creates a missing folder (and its missing parents) readable by the owner alone (`0700`): the
@@ -162,5 +189,59 @@ fn private_file(path: &Path) -> std::io::Result<()> {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDate, TimeZone};
+
+    /// The text chrono's own RFC 3339 writer gives, which the service wrote before.
+    fn chrono_text(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    }
+
+    #[test]
+    fn timestamps_are_written_as_chrono_writes_them() {
+        let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let mut moments = vec![
+            Utc.timestamp_opt(0, 0).unwrap(),
+            day(2026, 12, 1)
+                .and_hms_micro_opt(13, 45, 7, 123_456)
+                .unwrap()
+                .and_utc(),
+            day(2024, 2, 29)
+                .and_hms_nano_opt(23, 59, 59, 999_999_999)
+                .unwrap()
+                .and_utc(),
+            day(9999, 12, 31)
+                .and_hms_micro_opt(23, 59, 59, 999_999)
+                .unwrap()
+                .and_utc(),
+            day(0, 1, 1).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+            // Left to chrono: a leap second, and years of other than four digits.
+            day(2016, 12, 31)
+                .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+                .unwrap()
+                .and_utc(),
+            day(10_000, 1, 1).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+            day(-1, 6, 15).and_hms_opt(12, 0, 0).unwrap().and_utc(),
+        ];
+        // A spread of moments over the four-digit years, every field and digit moving.
+        let mut seconds: i64 = -62_000_000_000;
+        while seconds < 253_000_000_000 {
+            let nanos = (seconds.rem_euclid(1_000_000_007) % 1_000_000_000) as u32;
+            moments.push(Utc.timestamp_opt(seconds, nanos).unwrap());
+            seconds += 77_777_777;
+        }
+        for at in &moments {
+            assert_eq!(timestamp_text(at), chrono_text(at), "{at:?}");
+        }
+        assert_eq!(
+            timestamp_text(&moments[1]),
+            "2026-12-01T13:45:07.123456Z",
+            "the stored form"
+        );
     }
 }
