@@ -138,9 +138,9 @@ pub const METRIC_TABLES: [&str; 4] = [
 /// How timestamps are stored: UTC, fixed width, so text order is time order; the text the format
 /// `%Y-%m-%dT%H:%M:%S%.6fZ` writes (`2026-12-01T13:45:07.123456Z`).
 pub fn timestamp_text(at: &DateTime<Utc>) -> String {
-    // Digit by digit: the writer formats every row's timestamp, and chrono's RFC 3339 writer took
-    // about 1,200 instructions a row (callgrind). Years of other than four digits and leap
-    // seconds, which chrono writes its own way, are left to it.
+    // Digit by digit: the writer formats the timestamp of every row (a typed metric's twice), and
+    // chrono's RFC 3339 writer took about 715 instructions a call, this 370 (callgrind). Years of
+    // other than four digits and leap seconds, which chrono writes its own way, are left to it.
     let at = at.naive_utc();
     let (date, time) = (at.date(), at.time());
     let nanos = time.nanosecond();
