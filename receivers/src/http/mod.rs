@@ -235,10 +235,10 @@ async fn take_metrics(
     judged: &mut Judged,
 ) -> Result<(usize, Outcome), HttpError> {
     let body = read_body(body, app.config.max_request_size.as_u64()).await?;
-    let wire = decode_request(&body)?;
+    let limit = app.config.max_metrics_per_request;
+    let wire = decode_request(&body, limit)?;
     let total = wire.metrics.len();
     judged.points = total;
-    let limit = app.config.max_metrics_per_request;
     if total > limit {
         return Err(HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -250,8 +250,8 @@ async fn take_metrics(
     }
     let mut metrics = Vec::with_capacity(total);
     let mut outcome = Outcome::default();
-    for (index, raw) in wire.metrics.iter().enumerate() {
-        match decode_metric(index, raw, received_at) {
+    for (index, sent) in wire.metrics.into_iter().enumerate() {
+        match decode_metric(index, sent, received_at) {
             Ok(metric) => metrics.push(metric),
             Err(rejection) => outcome.rejected.push(rejection),
         }

@@ -18,22 +18,51 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// The body of `POST /metrics`. Metrics stay raw here so each can be judged alone.
-#[derive(Deserialize)]
+/// The body of `POST /metrics`.
 pub struct WireRequest<'a> {
     pub service: String,
-    #[serde(default)]
     pub version: Option<String>,
-    #[serde(default)]
     pub instance_id: Option<String>,
-    #[serde(borrow)]
-    pub metrics: Vec<&'a RawValue>,
+    pub metrics: Vec<SentMetric<'a>>,
 }
+
+/// A metric as the body holds it: read with the body, or kept raw to be read alone by
+/// [`decode_metric`] (see [`decode_request`]).
+pub enum SentMetric<'a> {
+    Read(WireMetric<'a>),
+    Raw(&'a RawValue),
+}
+
+/// The body's fields, its metrics as `M`.
+#[derive(Deserialize)]
+struct Body<M> {
+    service: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    instance_id: Option<String>,
+    metrics: Vec<M>,
+}
+
+impl<M> Body<M> {
+    fn into_wire<'a>(self, sent: fn(M) -> SentMetric<'a>) -> WireRequest<'a> {
+        WireRequest {
+            service: self.service,
+            version: self.version,
+            instance_id: self.instance_id,
+            metrics: self.metrics.into_iter().map(sent).collect(),
+        }
+    }
+}
+
+/// The fewest bytes a metric takes in a body (`type` and `value` are required), so a body holds
+/// at most its length over this many metrics.
+const SHORTEST_METRIC: usize = r#"{"type":"","value":0}"#.len();
 
 /// One metric as sent; its type is read where it lies in the body unless it holds escapes (serde
 /// borrows a `Cow` field, not one inside an `Option`).
 #[derive(Deserialize)]
-struct WireMetric<'a> {
+pub struct WireMetric<'a> {
     #[serde(rename = "type", borrow)]
     metric_type: Cow<'a, str>,
     #[serde(default)]
@@ -125,19 +154,31 @@ impl std::fmt::Display for HttpError {
     }
 }
 
-/// Reads the whole body, or says why it cannot be read at all.
-pub fn decode_request(body: &[u8]) -> Result<WireRequest<'_>, HttpError> {
-    serde_json::from_slice(body).map_err(|error| {
-        if error.is_data() {
-            HttpError::invalid(format!("request body: {error}"))
-        } else {
-            HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("request body is not valid JSON: {error}"),
-            )
-        }
-    })
+/// Reads the whole body, or says why it cannot be read at all. Nearly every body is read in one
+/// pass, its metrics with it. A body with a metric of the wrong shape is read again with each
+/// metric kept raw, so that [`decode_metric`] rejects the bad ones alone; so is a body long enough
+/// to hold more than `most_metrics` metrics, so that a request of too many is refused before one
+/// of them is read.
+pub fn decode_request(body: &[u8], most_metrics: usize) -> Result<WireRequest<'_>, HttpError> {
+    if body.len() / SHORTEST_METRIC <= most_metrics
+        && let Ok(request) = serde_json::from_slice::<Body<WireMetric>>(body)
+    {
+        return Ok(request.into_wire(SentMetric::Read));
+    }
+    decode_raw(body)
+}
+
+/// Reads the body with each metric kept raw.
+fn decode_raw(body: &[u8]) -> Result<WireRequest<'_>, HttpError> {
+    match serde_json::from_slice::<Body<&RawValue>>(body) {
+        Ok(request) => Ok(request.into_wire(SentMetric::Raw)),
+        Err(error) if error.is_data() => Err(HttpError::invalid(format!("request body: {error}"))),
+        Err(error) => Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("request body is not valid JSON: {error}"),
+        )),
+    }
 }
 
 /// 408: the body did not arrive within the listener's `body_read_timeout`; the connection is
@@ -169,15 +210,19 @@ pub fn body_refusal(rejection: BytesRejection) -> HttpError {
 /// Reads one metric; `received_at` stands in for a missing timestamp.
 pub fn decode_metric(
     index: usize,
-    raw: &RawValue,
+    sent: SentMetric,
     received_at: DateTime<Utc>,
 ) -> Result<Metric, Rejection> {
     let reject = |reason: String| Rejection {
         index,
         reason: format!("metrics[{index}]: {reason}"),
     };
-    let wire: WireMetric =
-        serde_json::from_str(raw.get()).map_err(|error| reject(without_position(&error)))?;
+    let wire = match sent {
+        SentMetric::Read(wire) => wire,
+        SentMetric::Raw(raw) => {
+            serde_json::from_str(raw.get()).map_err(|error| reject(without_position(&error)))?
+        }
+    };
     let metric_type = MetricType::from_name(&wire.metric_type).ok_or_else(|| {
         let known: Vec<&str> = MetricType::ALL.iter().map(|t| t.as_str()).collect();
         reject(format!(
@@ -386,6 +431,39 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_read_with_the_body_unless_one_is_bad_or_there_may_be_too_many() {
+        let read = |body: &str, most| -> Vec<bool> {
+            let request = decode_request(body.as_bytes(), most).unwrap();
+            let metrics = request.metrics.iter();
+            metrics.map(|m| matches!(m, SentMetric::Read(_))).collect()
+        };
+        let good = r#"{"type": "custom", "value": 1}"#;
+        let two = format!(r#"{{"service": "s", "metrics": [{good}, {good}]}}"#);
+        assert_eq!(read(&two, 5_000), [true, true]);
+        // A bad metric: all are kept raw, and only the bad one is rejected.
+        let bad = format!(r#"{{"service": "s", "metrics": [{good}, {{"type": "custom"}}]}}"#);
+        assert_eq!(read(&bad, 5_000), [false, false]);
+        let request = decode_request(bad.as_bytes(), 5_000).unwrap();
+        let decoded: Vec<_> = (request.metrics.into_iter().enumerate())
+            .map(|(i, sent)| decode_metric(i, sent, Utc::now()).map(|m| m.value))
+            .collect();
+        assert_eq!(decoded[0], Ok(1.0));
+        assert_eq!(
+            decoded[1].as_ref().unwrap_err().reason,
+            "metrics[1]: missing field `value`"
+        );
+        // Long enough to hold more metrics than allowed: counted raw, before any is read.
+        let shortest = r#"{"type":"","value":0}"#;
+        let three = format!(
+            r#"{{"service":"s","metrics":[{}]}}"#,
+            [shortest; 3].join(",")
+        );
+        let room = three.len() / shortest.len();
+        assert_eq!(read(&three, room), [true; 3]);
+        assert_eq!(read(&three, room - 1), [false; 3]);
+    }
+
+    #[test]
     fn a_request_id_is_req_and_sixteen_lower_case_hex_digits() {
         let ids: Vec<_> = (0..64).map(|_| request_id()).collect();
         for id in &ids {
@@ -413,6 +491,19 @@ mod tests {
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
+
+    /// What a body decodes to: its fields and each metric or its rejection, or the error.
+    type Decoded = Result<(String, Option<String>, Vec<Result<Metric, Rejection>>), String>;
+
+    fn decode_all(request: Result<WireRequest, HttpError>) -> Decoded {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let request = request.map_err(|e| e.to_string())?;
+        let metrics = request.metrics.into_iter().enumerate();
+        let metrics = metrics
+            .map(|(i, sent)| decode_metric(i, sent, at))
+            .collect();
+        Ok((request.service, request.instance_id, metrics))
+    }
 
     /// JSON-ish text: valid documents, near misses and plain noise.
     fn bodies() -> impl Strategy<Value = Vec<u8>> {
@@ -445,16 +536,73 @@ mod fuzz {
         ]
     }
 
+    /// Requests whose metrics are mostly of the right shape, each different, now and then one not.
+    fn mostly_good_bodies() -> impl Strategy<Value = Vec<u8>> {
+        let scalar = prop_oneof![
+            any::<i32>().prop_map(|v| v.to_string()),
+            (-1e6..1e6f64).prop_map(|v| v.to_string()),
+            "[a-z\\\\\"é]{0,8}".prop_map(|s| format!("{s:?}")),
+            Just("true".to_owned()),
+            Just("null".to_owned()),
+        ];
+        let dimensions = prop::collection::btree_map("[a-z_.]{1,6}", scalar, 0..4).prop_map(|d| {
+            let fields: Vec<String> = d.iter().map(|(k, v)| format!("{k:?}: {v}")).collect();
+            format!("{{{}}}", fields.join(", "))
+        });
+        let metric = (
+            prop_oneof![
+                Just("custom"),
+                Just("auth_request"),
+                Just("tool_execution"),
+                Just("nope")
+            ],
+            -1e9..1e9f64,
+            prop::option::of(0.0..1e4f64),
+            prop::option::of(prop_oneof![Just("2024-01-15T10:30:00Z"), Just("yesterday")]),
+            prop::option::of(dimensions),
+            // Now and then a value of the wrong type.
+            prop::option::weighted(0.05, Just(r#", "duration_ms": "slow""#)),
+        )
+            .prop_map(|(kind, value, duration, timestamp, dimensions, broken)| {
+                let mut fields = vec![
+                    format!(r#""type": "{kind}""#),
+                    format!(r#""value": {value}"#),
+                ];
+                fields.extend(duration.map(|d| format!(r#""duration_ms": {d}"#)));
+                fields.extend(timestamp.map(|t| format!(r#""timestamp": "{t}""#)));
+                fields.extend(dimensions.map(|d| format!(r#""dimensions": {d}"#)));
+                format!("{{{}{}}}", fields.join(", "), broken.unwrap_or(""))
+            });
+        (
+            prop::collection::vec(metric, 0..8),
+            prop::option::of("[a-z0-9-]{1,10}"),
+        )
+            .prop_map(|(metrics, instance)| {
+                let instance =
+                    instance.map_or(String::new(), |i| format!(r#", "instance_id": "{i}""#));
+                format!(
+                    r#"{{"service": "s"{instance}, "metrics": [{}]}}"#,
+                    metrics.join(", ")
+                )
+                .into_bytes()
+            })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
 
         #[test]
         fn decoding_any_body_never_panics(body in bodies()) {
-            if let Ok(request) = decode_request(&body) {
-                for (index, raw) in request.metrics.iter().enumerate() {
-                    let _ = decode_metric(index, raw, Utc::now());
-                }
-            }
+            let _ = decode_all(decode_request(&body, 5_000));
+        }
+
+        /// The one pass reads every body exactly as reading each metric alone does.
+        #[test]
+        fn one_pass_and_metric_by_metric_read_alike(body in prop_oneof![bodies(), mostly_good_bodies()]) {
+            prop_assert_eq!(
+                decode_all(decode_request(&body, 5_000)),
+                decode_all(decode_raw(&body))
+            );
         }
     }
 }
