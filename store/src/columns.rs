@@ -58,8 +58,19 @@ impl Table {
         row: &mut Vec<Field<'a>>,
     ) {
         row.clear();
-        (self.row)(context, metric, row);
-        debug_assert_eq!(row.len(), self.columns.len(), "{}", self.name);
+        self.append_row(context, metric, row);
+    }
+
+    /// The metric's row of this table, appended to `values`, one value per column.
+    pub fn append_row<'a>(
+        &self,
+        context: &'a RequestContext,
+        metric: &'a Metric,
+        values: &mut Vec<Field<'a>>,
+    ) {
+        let before = values.len();
+        (self.row)(context, metric, values);
+        debug_assert_eq!(values.len() - before, self.columns.len(), "{}", self.name);
     }
 
     /// The column names, comma-separated.

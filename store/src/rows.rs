@@ -2,43 +2,34 @@
 //! with the contract's column mapping. One transaction per batch, run on the writer's thread
 //! (see [`crate::writer`]).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use mcp_metrics_plugin::{Metric, Request, RequestContext};
-use rusqlite::types::{Null, ToSql, ToSqlOutput};
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::columns::{Field, TABLES, Table};
 use crate::idempotency::{keyed_parts, unseen};
 use crate::timestamp_text;
-
-impl ToSql for Field<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        match self {
-            Field::Text(Some(text)) => Ok(ToSqlOutput::from(text.as_ref())),
-            Field::Text(None) => Ok(ToSqlOutput::from(Null)),
-            Field::Real(real) => real.to_sql(),
-            Field::Integer(integer) => integer.to_sql(),
-            Field::Bool(bool) => bool.to_sql(),
-        }
-    }
-}
+use crate::write_connection::{Inserts, WriteConnection};
 
 /// Every row into `metrics`, the typed ones also into their table, in one transaction, except
 /// the parts of requests the database already has under their idempotency key.
 pub(crate) fn write_rows(
-    connection: &mut Connection,
+    connection: &mut WriteConnection,
     requests: &[Arc<Request>],
 ) -> rusqlite::Result<()> {
+    let (connection, inserts) = connection.parts();
     // IMMEDIATE: take the write lock (or wait for it) before reading anything, so a transaction
     // never has to upgrade a read lock another writer holds up.
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let seen = record_keyed_parts(&tx, requests)?;
     let metrics: Vec<(&RequestContext, &Metric)> = unseen(requests, &seen).collect();
     let created_at = chrono::Utc::now().format(CREATED_AT).to_string();
+    let mut values = Vec::new();
     for table in TABLES {
-        insert(&tx, table, &metrics, &created_at)?;
+        insert(inserts, table, &metrics, &created_at, &mut values)?;
     }
     tx.commit()
 }
@@ -81,10 +72,6 @@ fn record_keyed_parts(
 /// writer thread's CPU in the bench's steady scenario fell from 13–14.6 % of a core to 10.6–11.2.
 const ROWS_PER_STATEMENT: usize = 16;
 
-/// The prepared statements the writer uses: an `INSERT` per table and row count, and the one
-/// that records idempotency keys. Its connection caches them all.
-pub(crate) const STATEMENTS: usize = TABLES.len() * ROWS_PER_STATEMENT + 1;
-
 /// `created_at` as the schema's default, `datetime('now')`, writes it. The writer gives it
 /// instead: a function in a statement of many rows makes SQLite keep a statement journal, a copy
 /// of every page the statement changes, in case the function fails halfway: 7 % of the writer's
@@ -92,51 +79,24 @@ pub(crate) const STATEMENTS: usize = TABLES.len() * ROWS_PER_STATEMENT + 1;
 const CREATED_AT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// The metrics `table` takes, up to [`ROWS_PER_STATEMENT`] rows per execution of a prepared
-/// statement. The full statement's text is made once per call, not once per execution.
-fn insert(
-    connection: &Connection,
+/// statement. `values` is scratch: a statement's values, which it binds without copying.
+fn insert<'a>(
+    inserts: &mut Inserts,
     table: &Table,
-    metrics: &[(&RequestContext, &Metric)],
-    created_at: &str,
+    metrics: &[(&'a RequestContext, &'a Metric)],
+    created_at: &'a str,
+    values: &mut Vec<Field<'a>>,
 ) -> rusqlite::Result<()> {
     let taken: Vec<_> = metrics.iter().filter(|(_, m)| table.takes(m)).collect();
-    let full = taken.chunks_exact(ROWS_PER_STATEMENT);
-    let rest = full.remainder();
-    let mut row = Vec::with_capacity(table.columns.len());
-    if full.len() > 0 {
-        let sql = insert_sql(table, ROWS_PER_STATEMENT);
-        for chunk in full {
-            insert_chunk(connection, &sql, table, chunk, created_at, &mut row)?;
+    for chunk in taken.chunks(ROWS_PER_STATEMENT) {
+        values.clear();
+        for &&(context, metric) in chunk {
+            table.append_row(context, metric, values);
+            values.push(Field::Text(Some(Cow::Borrowed(created_at))));
         }
+        let key = (table.name, chunk.len());
+        inserts.execute(key, || insert_sql(table, chunk.len()), values)?;
     }
-    if !rest.is_empty() {
-        let sql = insert_sql(table, rest.len());
-        insert_chunk(connection, &sql, table, rest, created_at, &mut row)?;
-    }
-    Ok(())
-}
-
-/// One execution of `sql`, made by [`insert_sql`] for `chunk.len()` rows; `row` is scratch.
-fn insert_chunk<'a>(
-    connection: &Connection,
-    sql: &str,
-    table: &Table,
-    chunk: &[&(&'a RequestContext, &'a Metric)],
-    created_at: &str,
-    row: &mut Vec<Field<'a>>,
-) -> rusqlite::Result<()> {
-    let mut statement = connection.prepare_cached(sql)?;
-    let mut parameter = 0;
-    for &&(context, metric) in chunk {
-        table.row_of(context, metric, row);
-        for value in row.iter() {
-            parameter += 1;
-            statement.raw_bind_parameter(parameter, value)?;
-        }
-        parameter += 1;
-        statement.raw_bind_parameter(parameter, created_at)?;
-    }
-    statement.raw_execute()?;
     Ok(())
 }
 

@@ -16,7 +16,8 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::checkpointer::{BACKSTOP_PAGES, Checkpointer};
-use crate::rows::{STATEMENTS, write_rows};
+use crate::rows::write_rows;
+use crate::write_connection::WriteConnection;
 use crate::write_error::WriteError;
 
 /// How long a write waits for another writer's lock before it fails (and is retried).
@@ -94,13 +95,13 @@ impl Writer {
 }
 
 fn write(
-    connection: &mut Option<Connection>,
+    connection: &mut Option<WriteConnection>,
     path: &Path,
     requests: &[Arc<Request>],
 ) -> Result<(), WriteError> {
     let connection = match connection {
         Some(connection) => connection,
-        None => connection.insert(open(path)?),
+        None => connection.insert(WriteConnection::new(open(path)?)),
     };
     Ok(write_rows(connection, requests)?)
 }
@@ -115,7 +116,6 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
          PRAGMA temp_store = memory; PRAGMA cache_size = -2000;",
     )?;
     connection.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)?;
-    connection.set_prepared_statement_cache_capacity(STATEMENTS);
     Ok(connection)
 }
 

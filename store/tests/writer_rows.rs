@@ -9,10 +9,14 @@ use mcp_metrics_store::Store;
 use serde_json::json;
 
 /// `count` metrics, every third a custom one and the rest auth requests, each valued by its
-/// index and with a user of its own.
+/// index and with a user of its own; even ones name an empty method, odd ones none.
 fn mixed(count: usize) -> Batch {
     common::batch(count, |index, now| {
-        let dimensions = json!({"user_hash": format!("user_{index}"), "success": true});
+        let mut dimensions =
+            json!({"user_hash": format!("user_{index}"), "success": index % 4 != 1});
+        if index.is_multiple_of(2) {
+            dimensions["method"] = json!("");
+        }
         Metric {
             index,
             metric_type: if index.is_multiple_of(3) {
@@ -44,14 +48,34 @@ async fn every_row_of_a_batch_lands_once_with_its_own_values() {
         let expected: Vec<f64> = (0..count).map(|i| i as f64).collect();
         assert_eq!(values, expected, "{count} metrics");
 
-        let users: Vec<(String, f64)> =
-            sqlx::query_as("SELECT user_hash, duration_ms FROM auth_metrics ORDER BY id")
+        // Text made for each row (its JSON) is still each row's own once the statement ran.
+        let dimensions: Vec<String> =
+            sqlx::query_scalar("SELECT dimensions FROM metrics ORDER BY id")
                 .fetch_all(store.pool())
                 .await
                 .unwrap();
-        let expected: Vec<(String, f64)> = (0..count)
+        for (index, text) in dimensions.iter().enumerate() {
+            let dimensions: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                dimensions["user_hash"],
+                format!("user_{index}"),
+                "{count} metrics"
+            );
+        }
+
+        type AuthRow = (String, f64, bool, Option<String>);
+        let users: Vec<AuthRow> = sqlx::query_as(
+            "SELECT user_hash, duration_ms, success, method FROM auth_metrics ORDER BY id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let expected: Vec<AuthRow> = (0..count)
             .filter(|i| !i.is_multiple_of(3))
-            .map(|i| (format!("user_{i}"), i as f64 / 2.0))
+            .map(|i| {
+                let method = i.is_multiple_of(2).then(String::new);
+                (format!("user_{i}"), i as f64 / 2.0, i % 4 != 1, method)
+            })
             .collect();
         assert_eq!(users, expected, "{count} metrics");
 
