@@ -81,7 +81,14 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .pragma("temp_store", "memory")
-                .pragma("cache_size", "-2000");
+                .pragma("cache_size", "-2000")
+                // Checkpoints are the checkpoint thread's: at SQLite's default (1,000 pages) a
+                // key's `last_used_at` or a retention sweep committed here would copy the whole
+                // log on a driver thread, with two fsyncs, whenever the log had grown past it.
+                .pragma(
+                    "wal_autocheckpoint",
+                    checkpointer::BACKSTOP_PAGES.to_string(),
+                );
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .min_connections(1)
@@ -197,6 +204,26 @@ fn private_file(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use chrono::{NaiveDate, TimeZone};
+
+    /// A pool connection that checkpointed at SQLite's default would copy the log on a driver
+    /// thread whenever it commits (a key's `last_used_at`) after the log passed 1,000 pages.
+    #[tokio::test]
+    async fn only_the_backstop_checkpoints_from_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("metrics.db")).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..store.pool().options().get_max_connections() {
+            let mut connection = store.pool().acquire().await.unwrap();
+            let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+                .fetch_one(&mut *connection)
+                .await
+                .unwrap();
+            assert_eq!(pages, i64::from(checkpointer::BACKSTOP_PAGES));
+            held.push(connection);
+        }
+        drop(held);
+        store.close().await;
+    }
 
     /// The text chrono's own RFC 3339 writer gives, which the service wrote before.
     fn chrono_text(at: &DateTime<Utc>) -> String {
