@@ -148,13 +148,17 @@ async fn each_metric_is_judged_alone() {
             json!({"type": "custom", "value": 1, "metadata": {"a": {"b": {"c": {"d": {"e": 1}}}}}}),
             json!({"type": "custom", "value": 1, "timestamp": "2999-01-01T00:00:00Z"}),
             json!("not an object"),
+            // 16,411 bytes as JSON, over the 16 KiB limit; then 10,011 (each quote escaped),
+            // under it, though six bytes a character (as if every one were escaped) are over.
+            json!({"type": "custom", "value": 1, "dimensions": {"blob": "x".repeat(16_400)}}),
+            json!({"type": "custom", "value": 1, "dimensions": {"blob": "\"".repeat(5_000)}}),
             metric("tool_execution"),
         ],
     );
     let reply = svc.post(Some(&key), &body).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.body["accepted"], 2);
-    assert_eq!(reply.body["rejected"], 9);
+    assert_eq!(reply.body["accepted"], 3);
+    assert_eq!(reply.body["rejected"], 10);
     let errors: Vec<&str> = reply.body["errors"]
         .as_array()
         .unwrap()
@@ -171,6 +175,7 @@ async fn each_metric_is_judged_alone() {
         "metrics[7]: metadata: nested 4 levels deep, at most 3",
         "metrics[8]: timestamp: 2999-01-01",
         "metrics[9]: invalid type: string",
+        "metrics[10]: dimensions: 16411 bytes as JSON, at most 16384 allowed",
     ];
     assert_eq!(errors.len(), expected_starts.len(), "{errors:#?}");
     for (error, start) in errors.iter().zip(expected_starts) {
@@ -179,13 +184,13 @@ async fn each_metric_is_judged_alone() {
             "{error:?} should start with {start:?}"
         );
     }
-    assert_eq!(svc.rows_eventually("metrics", 2).await, 2);
+    assert_eq!(svc.rows_eventually("metrics", 3).await, 3);
     svc.shutdown().await;
     let types: Vec<String> = sqlx::query_scalar("SELECT metric_type FROM metrics ORDER BY id")
         .fetch_all(svc.store().await.pool())
         .await
         .unwrap();
-    assert_eq!(types, ["auth_request", "tool_execution"]);
+    assert_eq!(types, ["auth_request", "custom", "tool_execution"]);
 }
 
 #[tokio::test]

@@ -120,6 +120,11 @@ impl ValidateProcessor {
                 limits.max_depth
             ));
         }
+        // Nearly every metric is far below the limit, which a bound shows without writing out
+        // the JSON (that was 8.5 % of the HTTP workers' instructions, measured for every metric).
+        if object_size_bound(attributes) <= limits.max_attributes_bytes {
+            return Ok(());
+        }
         let size = json_size(attributes);
         if size > limits.max_attributes_bytes {
             return Err(format!(
@@ -162,6 +167,31 @@ fn json_size(attributes: &Map<String, Value>) -> usize {
     }
 }
 
+/// At least as many bytes as `attributes` take as compact JSON ([`json_size`]), found without
+/// writing them: each byte of a string counted as if escaped (`\u00XX`, 6 bytes), each number
+/// at its longest.
+fn object_size_bound(attributes: &Map<String, Value>) -> usize {
+    let members = attributes.iter();
+    let members = members.map(|(key, value)| string_size_bound(key) + 1 + size_bound(value));
+    2 + members.map(|member| member + 1).sum::<usize>()
+}
+
+fn size_bound(value: &Value) -> usize {
+    match value {
+        Value::Null => 4,
+        Value::Bool(_) => 5,
+        // Floats take at most 24 bytes (`-1.7976931348623157e+308`), integers 20.
+        Value::Number(_) => 24,
+        Value::String(text) => string_size_bound(text),
+        Value::Array(items) => 2 + items.iter().map(|item| size_bound(item) + 1).sum::<usize>(),
+        Value::Object(map) => object_size_bound(map),
+    }
+}
+
+fn string_size_bound(text: &str) -> usize {
+    2 + 6 * text.len()
+}
+
 /// Levels of objects and arrays below a value: 0 for a scalar.
 fn nesting(value: &Value) -> usize {
     match value {
@@ -180,6 +210,30 @@ mod tests {
     fn nesting_counts_levels_below_the_value() {
         assert_eq!(nesting(&json!(1)), 0);
         assert_eq!(nesting(&json!({"a": [1, {"b": 2}]})), 3);
+    }
+
+    #[test]
+    fn the_size_bound_is_never_below_the_size() {
+        let values = [
+            json!({}),
+            json!({"": ""}),
+            json!({"tool": "séarch \"q\" \\ \n\u{1}\u{1f}", "n": [1, 2.5, null], "ok": true}),
+            json!({"\u{0}\u{7}": "\u{8}\t\r", "deep": {"a": [[], {}, [false]]}}),
+            json!({"min": f64::MIN, "tiny": 5e-324, "neg": -2.2250738585072014e-308}),
+            json!({"i": i64::MIN, "u": u64::MAX, "f": -1.7976931348623157e308}),
+            json!({"emoji": "🌧🌧🌧", "cjk": "数据", "control": "\u{7f}\u{80}"}),
+        ];
+        for value in &values {
+            let attributes = value.as_object().unwrap();
+            let exact = json_size(attributes);
+            let bound = object_size_bound(attributes);
+            assert!(bound >= exact, "{value}: bound {bound} < {exact}");
+        }
+        // Every byte escaped, every number at its longest: the bound is reached, but for the
+        // comma it counts after the last member.
+        let worst = json!({"\u{1}": f64::MIN});
+        let worst = worst.as_object().unwrap();
+        assert_eq!(object_size_bound(worst), json_size(worst) + 1, "{worst:?}");
     }
 
     #[test]
