@@ -32,6 +32,8 @@ struct Insert(NonNull<ffi::sqlite3_stmt>);
 
 impl WriteConnection {
     pub(crate) fn new(connection: Connection) -> WriteConnection {
+        // SAFETY: the handle is used only while `connection` is open, which it is for as long
+        // as `self`, whose statements it finalizes first.
         let database = unsafe { connection.handle() };
         WriteConnection {
             inserts: Inserts {
@@ -42,7 +44,8 @@ impl WriteConnection {
         }
     }
 
-    /// The connection, for transactions and other statements, beside the inserts.
+    /// The connection, for transactions and other statements, beside the inserts. The
+    /// connection must not be replaced through it: the statements belong to this one.
     pub(crate) fn parts(&mut self) -> (&mut Connection, &mut Inserts) {
         (&mut self.connection, &mut self.inserts)
     }
@@ -67,12 +70,13 @@ impl Inserts {
             }
         };
         let result = self.bind(statement, values).and_then(|()| {
+            // SAFETY: a statement of this open connection, its values bound and alive.
             match unsafe { ffi::sqlite3_step(statement) } {
                 ffi::SQLITE_DONE => Ok(()),
                 code => Err(self.error(code)),
             }
         });
-        // Unbind before `values` can be dropped: SQLite holds pointers into them.
+        // SAFETY: as above. Unbound before `values` can go: SQLite holds pointers into them.
         unsafe {
             ffi::sqlite3_reset(statement);
             ffi::sqlite3_clear_bindings(statement);
@@ -85,6 +89,7 @@ impl Inserts {
             rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_TOOBIG), None)
         })?;
         let mut statement = ptr::null_mut();
+        // SAFETY: the open connection's handle, and `length` bytes of `sql`.
         let code = unsafe {
             ffi::sqlite3_prepare_v3(
                 self.database,
@@ -112,6 +117,8 @@ impl Inserts {
         statement: *mut ffi::sqlite3_stmt,
         values: &[Field<'_>],
     ) -> rusqlite::Result<()> {
+        // SAFETY: here and below, a statement of the open connection; each text is bound where
+        // it lies, and `execute` clears the bindings before `values` can be dropped.
         let parameters = unsafe { ffi::sqlite3_bind_parameter_count(statement) };
         if usize::try_from(parameters) != Ok(values.len()) {
             return Err(rusqlite::Error::InvalidParameterCount(
@@ -125,7 +132,7 @@ impl Inserts {
                     Field::Text(Some(text)) => ffi::sqlite3_bind_text64(
                         statement,
                         index,
-                        // An empty string still needs a pointer SQLite may read.
+                        // An empty text's pointer may dangle; SQLite is given one that does not.
                         if text.is_empty() {
                             c"".as_ptr()
                         } else {
@@ -157,6 +164,7 @@ impl Inserts {
 
     /// The error `code` with the connection's message, as rusqlite gives it.
     fn error(&self, code: c_int) -> rusqlite::Error {
+        // SAFETY: SQLite's message for the open connection, a C string it owns.
         let message = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(self.database)) };
         rusqlite::Error::SqliteFailure(
             ffi::Error::new(code),
@@ -167,6 +175,7 @@ impl Inserts {
 
 impl Drop for Insert {
     fn drop(&mut self) {
+        // SAFETY: prepared on a connection still open (see `WriteConnection`), finalized once.
         unsafe { ffi::sqlite3_finalize(self.0.as_ptr()) };
     }
 }
