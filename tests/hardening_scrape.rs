@@ -151,10 +151,16 @@ async fn an_abusive_key_cannot_blow_the_scrape_and_its_series_expire() {
     // The abuser's own series in the first scrape that showed any: they expire 2 s after their
     // last update, so the scrape after the abuse stops may already have none.
     let mut abuser_series = 0;
-    while rounds < 3 || posted.load(Ordering::Relaxed) < 2 * TYPES.len() * PER_POST {
+    // Until every type's overflow series has shown in a scrape: the abuser goes on posting, so
+    // each is refreshed until then, where a slow machine may post a type's last batch between
+    // two rounds of scrapes.
+    while rounds < 3
+        || posted.load(Ordering::Relaxed) < 2 * TYPES.len() * PER_POST
+        || !overflowed.iter().all(|seen| *seen)
+    {
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "the abuser posted only {} metrics",
+            "the abuser posted {} metrics; overflow series seen, by type: {overflowed:?}",
             posted.load(Ordering::Relaxed)
         );
         let scrapes: Vec<_> = (0..4)
@@ -192,7 +198,7 @@ async fn an_abusive_key_cannot_blow_the_scrape_and_its_series_expire() {
     abuser.await.unwrap();
 
     // The scrape as it stands: valid, within the budget, which the abuse came near; the rest of
-    // the abuse went to the overflow series of every type.
+    // the abuse went to the overflow series of every type (seen above).
     let text = scrape(&client, &scrape_address).await;
     let scraped = exposition::parse(&text);
     assert!(text.len() <= MAX_SCRAPE_BYTES, "{}", text.len());
@@ -203,11 +209,6 @@ async fn an_abusive_key_cannot_blow_the_scrape_and_its_series_expire() {
     );
     abuser_series = abuser_series.max(counter_series_of(&scraped, &abuser_service()));
     assert!(abuser_series > 0);
-    assert_eq!(
-        overflowed,
-        [true; TYPES.len()],
-        "overflow series seen, by type"
-    );
     eprintln!(
         "{} worst-case metrics posted; {rounds} rounds of 4 concurrent scrapes; largest scrape \
          {largest} bytes of {MAX_SCRAPE_BYTES}; {abuser_series} abuser series shown; peak RSS \
