@@ -3,8 +3,7 @@
 //! for two fsyncs while the batches behind it, and in durable mode their clients, waited too.
 //! Here the writer nudges this thread after each commit; it checkpoints PASSIVE (never taking
 //! the write lock, so the writer goes on meanwhile), at most once per [`PAUSE`], so pages that
-//! many small commits rewrite are copied once; at most once per [`QUIET_PAUSE`] while the writer
-//! is lightly loaded (see [`pause_after`]). SQLite starts the log over only when a write
+//! many small commits rewrite are copied once. SQLite starts the log over only when a write
 //! begins with all of it copied, which a busy writer may never allow: so the writer still
 //! checkpoints itself once the log reaches [`BACKSTOP_PAGES`], copying only what this thread
 //! has not.
@@ -18,16 +17,6 @@ use rusqlite::Connection;
 
 /// The least time from one checkpoint to the next.
 const PAUSE: Duration = Duration::from_millis(250);
-
-/// The least time from one checkpoint to the next while the writer commits fewer than
-/// [`QUIET_ROWS_PER_SECOND`] rows in fewer than [`QUIET_COMMITS_PER_SECOND`] commits.
-const QUIET_PAUSE: Duration = Duration::from_secs(1);
-
-/// A steady 10,000 metrics a second are about 10 commits of 1,000 rows (the exporter queue
-/// merges them for 100 ms); an overload of batches of 100 is 80,000 rows a second or more, and
-/// durable batches of 1 are 1,000 to 2,000 commits a second, each writing its pages anew.
-const QUIET_ROWS_PER_SECOND: f64 = 20_000.0;
-const QUIET_COMMITS_PER_SECOND: f64 = 100.0;
 
 /// The log's size, in pages, at which the writer checkpoints itself (SQLite's default is 1000).
 pub(crate) const BACKSTOP_PAGES: u32 = 10_000;
@@ -50,8 +39,6 @@ struct Signal {
 struct State {
     /// Something was committed since the last pass began.
     committed: bool,
-    /// What was committed since the last pass began.
-    written: Written,
     /// The thread waits for a commit (not pausing, not checkpointing).
     idle: bool,
     stopped: bool,
@@ -62,11 +49,9 @@ impl Signal {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn nudge(&self, rows: usize) {
+    fn nudge(&self) {
         let mut state = self.state();
         state.committed = true;
-        state.written.commits += 1;
-        state.written.rows += rows;
         if state.idle {
             self.changed.notify_one();
         }
@@ -90,9 +75,9 @@ impl Checkpointer {
         Ok(Checkpointer { signal, thread })
     }
 
-    /// `rows` were committed: checkpoint soon.
-    pub(crate) fn nudge(&self, rows: usize) {
-        self.signal.nudge(rows);
+    /// Something was committed: checkpoint soon.
+    pub(crate) fn nudge(&self) {
+        self.signal.nudge();
     }
 
     /// Stops at once, between checkpoints; what is left in the log stays for the next one (the
@@ -103,20 +88,10 @@ impl Checkpointer {
     }
 }
 
-/// Commits and their rows since the last pass began.
-#[derive(Debug, Default, Clone, Copy)]
-struct Written {
-    commits: usize,
-    rows: usize,
-}
-
 fn run(path: &Path, signal: &Signal) {
     let mut connection = None;
-    let mut last_pass = Instant::now();
-    while let Some(written) = wait_for_commit(signal) {
-        let started = Instant::now();
-        let next_pass = started + pause_after(written, started - last_pass);
-        last_pass = started;
+    while wait_for_commit(signal) {
+        let next_pass = Instant::now() + PAUSE;
         if let Err(error) = checkpoint(&mut connection, path) {
             // Nothing is lost: the log stays until a later pass copies it.
             tracing::debug!(%error, "background checkpoint failed; the next one tries again");
@@ -129,26 +104,8 @@ fn run(path: &Path, signal: &Signal) {
     }
 }
 
-/// How long to wait after a pass, given what was written in the `since_last` before it. While
-/// the writer is lightly loaded (the steady load) a longer pause lets the pages that many
-/// commits rewrite (an index's leaves, above all) be copied once instead of four times. Under
-/// load the pause stays short, so that each pass stays short too: longer ones raised the
-/// overload's p99, and the log's growth alone does not tell the two apart (a pass finds 2,300
-/// to 2,700 pages a second in the steady load, 3,200 to 6,500 in the overload).
-fn pause_after(written: Written, since_last: Duration) -> Duration {
-    let seconds = since_last.max(PAUSE).as_secs_f64();
-    let rows = written.rows as f64 / seconds;
-    let commits = written.commits as f64 / seconds;
-    if rows < QUIET_ROWS_PER_SECOND && commits < QUIET_COMMITS_PER_SECOND {
-        QUIET_PAUSE
-    } else {
-        PAUSE
-    }
-}
-
-/// Waits until something is committed (at once if it was meanwhile), and takes what was
-/// written since the last time: `None` once stopped.
-fn wait_for_commit(signal: &Signal) -> Option<Written> {
+/// Waits until something is committed (at once if it was meanwhile): false once stopped.
+fn wait_for_commit(signal: &Signal) -> bool {
     let mut state = signal.state();
     state.idle = true;
     while !state.committed && !state.stopped {
@@ -159,8 +116,7 @@ fn wait_for_commit(signal: &Signal) -> Option<Written> {
     }
     state.idle = false;
     state.committed = false;
-    let written = std::mem::take(&mut state.written);
-    (!state.stopped).then_some(written)
+    !state.stopped
 }
 
 /// Sleeps until `until`: false if stopped meanwhile.
@@ -204,7 +160,7 @@ mod tests {
     #[test]
     fn a_commit_wakes_a_waiting_thread_and_one_made_before_is_not_missed() {
         let signal = Arc::new(Signal::default());
-        let nudger = soon(&signal, |signal| signal.nudge(1));
+        let nudger = soon(&signal, Signal::nudge);
         // Should the nudge not wake it, a stop does, and the wait says so.
         let watchdog = signal.clone();
         std::thread::spawn(move || {
@@ -212,46 +168,27 @@ mod tests {
             watchdog.stop();
         });
         assert!(
-            wait_for_commit(&signal).is_some(),
+            wait_for_commit(&signal),
             "the commit did not wake the thread"
         );
         nudger.join().unwrap();
-        // Committed while the thread was busy: the next wait returns at once, with both commits'
-        // rows since the last.
-        signal.nudge(16);
-        signal.nudge(4);
-        let written = wait_for_commit(&signal).unwrap();
-        assert_eq!((written.commits, written.rows), (2, 20));
+        // Committed while the thread was busy: the next wait returns at once.
+        signal.nudge();
+        assert!(wait_for_commit(&signal));
         assert!(!signal.state().committed && !signal.state().idle);
     }
 
     #[test]
     fn a_commit_during_the_pause_is_kept_for_the_next_pass() {
         let signal = Signal::default();
-        signal.nudge(1);
-        assert!(wait_for_commit(&signal).is_some());
-        signal.nudge(1);
+        signal.nudge();
+        assert!(wait_for_commit(&signal));
+        signal.nudge();
         assert!(pause(Instant::now() + Duration::from_millis(10), &signal));
         assert!(
             signal.state().committed,
             "the pass after the pause copies it"
         );
-    }
-
-    #[test]
-    fn the_pause_is_long_only_while_the_writer_is_lightly_loaded() {
-        let second = Duration::from_secs(1);
-        let after = |commits, rows, since| pause_after(Written { commits, rows }, since);
-        // The steady load: 10 commits of 1,000 rows a second.
-        assert_eq!(after(10, 10_000, second), QUIET_PAUSE);
-        // The first pass after a quiet while.
-        assert_eq!(after(1, 1, Duration::from_secs(60)), QUIET_PAUSE);
-        // The overload of batches of 100: 20 commits of 4,000 rows a second.
-        assert_eq!(after(20, 80_000, second), PAUSE);
-        // Durable batches of 1: many small commits, few rows.
-        assert_eq!(after(400, 4_000, PAUSE), PAUSE);
-        // A quarter second's rows are not taken for a second's.
-        assert_eq!(after(3, 6_000, PAUSE), PAUSE);
     }
 
     #[test]
@@ -263,6 +200,6 @@ mod tests {
         assert!(!pause(started + long, &signal));
         assert!(started.elapsed() < long, "the pause ran out instead");
         stopper.join().unwrap();
-        assert!(wait_for_commit(&signal).is_none());
+        assert!(!wait_for_commit(&signal));
     }
 }

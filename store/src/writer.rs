@@ -57,8 +57,7 @@ impl Writer {
                         // The connection may be what failed: open a fresh one next time.
                         connection = None;
                     } else if let Some(checkpointer) = &checkpointer {
-                        let rows = job.requests.iter().map(|r| r.metrics.len()).sum();
-                        checkpointer.nudge(rows);
+                        checkpointer.nudge();
                     }
                     let _ = job.done.send(written);
                 }
