@@ -57,7 +57,8 @@ impl Writer {
                         // The connection may be what failed: open a fresh one next time.
                         connection = None;
                     } else if let Some(checkpointer) = &checkpointer {
-                        checkpointer.nudge();
+                        let rows = job.requests.iter().map(|r| r.metrics.len()).sum();
+                        checkpointer.nudge(job.requests.len(), rows);
                     }
                     let _ = job.done.send(written);
                 }
