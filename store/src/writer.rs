@@ -47,20 +47,26 @@ impl Writer {
                         tracing::warn!(%error, "no checkpoint thread: the writer checkpoints itself")
                     })
                     .ok();
-                for job in queue {
+                for Job { requests, done } in queue {
                     // A panic (a bug) fails its batch, not the thread and every write after it.
                     let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        write(&mut connection, &path, &job.requests)
+                        write(&mut connection, &path, &requests)
                     }))
                     .unwrap_or_else(|panic| Err(WriteError::panicked(panic.as_ref())));
                     if written.is_err() {
                         // The connection may be what failed: open a fresh one next time.
                         connection = None;
                     } else if let Some(checkpointer) = &checkpointer {
-                        let rows = job.requests.iter().map(|r| r.metrics.len()).sum();
-                        checkpointer.nudge(job.requests.len(), rows);
+                        let rows = requests.iter().map(|r| r.metrics.len()).sum();
+                        checkpointer.nudge(requests.len(), rows);
                     }
-                    let _ = job.done.send(written);
+                    // The caller still holds these requests: let go of them before answering,
+                    // so that the caller's thread frees them, not this one. Dropped after the
+                    // answer, they were often the last references (the answer woke the caller
+                    // first), and freeing their metrics took 6 % of this thread's samples in
+                    // the steady load, on the path every commit waits on.
+                    drop(requests);
+                    let _ = done.send(written);
                 }
                 if let Some(checkpointer) = checkpointer {
                     checkpointer.stop();
