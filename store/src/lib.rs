@@ -16,6 +16,7 @@ mod retention;
 mod rows;
 mod shared;
 mod stats;
+mod wal_vfs;
 mod write_connection;
 mod write_error;
 mod writer;

@@ -12,11 +12,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mcp_metrics_plugin::Request;
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::checkpointer::{BACKSTOP_PAGES, Checkpointer};
 use crate::rows::write_rows;
+use crate::wal_vfs;
 use crate::write_connection::WriteConnection;
 use crate::write_error::WriteError;
 
@@ -116,7 +117,9 @@ fn write(
 /// The file the pool opened and migrated, with the pool's settings, checkpointing itself only as
 /// the [`Checkpointer`]'s backstop.
 fn open(path: &Path) -> rusqlite::Result<Connection> {
-    let connection = Connection::open(path)?;
+    wal_vfs::register()?;
+    let connection =
+        Connection::open_with_flags_and_vfs(path, OpenFlags::default(), wal_vfs::NAME)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
