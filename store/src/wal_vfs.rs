@@ -7,11 +7,14 @@
 //! writes are gathered in memory and written together when the commit frame comes.
 //!
 //! What other connections see is unchanged: SQLite publishes a commit (the wal-index header) only
-//! after writing its commit frame, and the writes of that frame return only once everything
-//! gathered before them is in the file. Reading, syncing, truncating, sizing or closing the log
-//! writes what is gathered first, so SQLite never sees the file behind its own writes. A process
-//! that dies with writes gathered dies before their commit was published: as if it had died a
-//! moment earlier, which SQLite's recovery already handles.
+//! after writing its commit frame, and from a commit frame's header on, writes go straight to
+//! the file until the next transaction's first frame. Reading, syncing, truncating, sizing or
+//! closing the log writes what is gathered first, so SQLite never sees the file behind its own
+//! writes; so do a barrier on the wal-index and the release of any of its locks (the log is
+//! linked to its database file for that), so that nothing gathered, a rolled-back transaction's
+//! frames included, is written once another connection may write the log. A process that dies
+//! with writes gathered dies before their commit was published: as if it had died a moment
+//! earlier, which SQLite's recovery already handles.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ffi::{CStr, c_int, c_void};
@@ -31,6 +34,9 @@ const FRAME_HEADER: usize = 24;
 /// Gathered bytes are written once they reach this much (a large commit's log goes out in
 /// pieces of this size).
 const MOST_GATHERED: usize = 256 * 1024;
+
+/// The wal-index lock a connection holds while it writes the log (`WAL_WRITE_LOCK` in wal.c).
+const WAL_WRITE_LOCK: c_int = 0;
 
 /// The most the default VFS writes in one call.
 const LARGEST_WRITE: usize = 0x1_ffff;
@@ -74,6 +80,9 @@ struct File {
     inner: *mut ffi::sqlite3_file,
     inner_layout: Layout,
     gathered: Option<Gathered>,
+    /// A database file's log, or a log's database file, while both are open: the wal-index
+    /// (its locks and barriers) is the database file's, and what is gathered is the log's.
+    linked: *mut File,
 }
 
 /// Writes held back until a commit frame (or a read, sync, ...) needs them in the file. Pure,
@@ -82,8 +91,10 @@ struct File {
 pub(crate) struct Gathered {
     start: i64,
     bytes: Vec<u8>,
-    /// The last write was a commit frame's header: its page comes next, and goes out with it.
-    commit_page_next: bool,
+    /// The last frame header was a commit's: what follows it (its page, any padding SQLite adds
+    /// before a sync, headers rewritten to fix checksums) goes out at once, until the next
+    /// transaction's first frame.
+    after_commit: bool,
 }
 
 impl Gathered {
@@ -112,29 +123,32 @@ impl Gathered {
             self.start = offset;
             self.bytes.extend_from_slice(data);
         }
-        let commit_header = is_commit_header(data);
-        // The header goes out at once too: when SQLite rewrites a commit's headers to fix their
-        // checksums, no page follows the last one.
-        if commit_header || self.commit_page_next || self.bytes.len() >= MOST_GATHERED {
-            self.commit_page_next = commit_header;
+        if data.len() == FRAME_HEADER {
+            self.after_commit = data[4..8] != [0; 4];
+        }
+        if self.after_commit || self.bytes.len() >= MOST_GATHERED {
             return self.flush(out);
         }
         ffi::SQLITE_OK
     }
 
-    /// Writes what is gathered. On failure it is dropped: the commit it belonged to fails.
+    /// Writes what is gathered. On failure it is kept, to be written again or dropped (writing
+    /// the same bytes twice is harmless).
     pub(crate) fn flush(&mut self, out: &mut impl FnMut(i64, &[u8]) -> c_int) -> c_int {
         if self.bytes.is_empty() {
             return ffi::SQLITE_OK;
         }
         let rc = out(self.start, &self.bytes);
-        self.bytes.clear();
+        if rc == ffi::SQLITE_OK {
+            self.bytes.clear();
+        }
         rc
     }
-}
 
-fn is_commit_header(data: &[u8]) -> bool {
-    data.len() == FRAME_HEADER && data[4..8] != [0; 4]
+    /// Drops what is gathered.
+    pub(crate) fn drop_gathered(&mut self) {
+        self.bytes.clear();
+    }
 }
 
 unsafe extern "C" fn open(
@@ -178,8 +192,17 @@ unsafe extern "C" fn open(
                 inner,
                 inner_layout: layout,
                 gathered: is_log.then(Gathered::default),
+                linked: null_mut(),
             },
         );
+        if is_log {
+            let database = ffi::sqlite3_database_file_object(name);
+            if !database.is_null() && std::ptr::eq((*database).pMethods, &METHODS) {
+                let database = database.cast::<File>();
+                (*database).linked = file;
+                (*file).linked = database;
+            }
+        }
         ffi::SQLITE_OK
     }
 }
@@ -198,16 +221,31 @@ unsafe fn parts<'a>(
     }
 }
 
-/// Writes what is gathered for `file`, if anything.
+/// Writes what is gathered for `file`, if anything. A failure is an I/O error whatever its
+/// cause, which SQLite answers by rolling the whole transaction back.
 unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
         let (inner, methods, gathered) = parts(file);
-        match gathered {
+        let rc = match gathered {
             Some(gathered) => {
                 gathered.flush(&mut |offset, bytes| write_inner(inner, methods, offset, bytes))
             }
             None => ffi::SQLITE_OK,
+        };
+        if rc == ffi::SQLITE_OK {
+            rc
+        } else {
+            ffi::SQLITE_IOERR_WRITE
         }
+    }
+}
+
+/// The log linked to a database file, while it is open.
+unsafe fn linked_log(database: *mut ffi::sqlite3_file) -> Option<*mut ffi::sqlite3_file> {
+    unsafe {
+        let database = &*database.cast::<File>();
+        (!database.linked.is_null() && database.gathered.is_none())
+            .then(|| database.linked.cast::<ffi::sqlite3_file>())
     }
 }
 
@@ -287,6 +325,9 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
         let flushed = flush(file);
         let closed = forwarded!(file, xClose(), ffi::SQLITE_OK);
         let this = file.cast::<File>();
+        if !(*this).linked.is_null() {
+            (*(*this).linked).linked = null_mut();
+        }
         dealloc((*this).inner.cast(), (*this).inner_layout);
         std::ptr::drop_in_place(this);
         (*file).pMethods = std::ptr::null();
@@ -397,6 +438,19 @@ unsafe extern "C" fn shm_lock(
     flags: c_int,
 ) -> c_int {
     unsafe {
+        if offset == WAL_WRITE_LOCK
+            && flags == ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE
+            && let Some(log) = linked_log(file)
+        {
+            // The end of a write transaction: once this lock is released another connection may
+            // write the log, so nothing gathered may be written after it. After a commit nothing
+            // is; after a rollback its frames are, past the last commit, where writing them
+            // harms nothing while the lock is held, and dropping them loses nothing.
+            let _ = flush(log);
+            if let (_, _, Some(gathered)) = parts(log) {
+                gathered.drop_gathered();
+            }
+        }
         forwarded!(
             file,
             xShmLock(offset, count, flags),
@@ -406,7 +460,15 @@ unsafe extern "C" fn shm_lock(
 }
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
-    unsafe { forwarded!(file, xShmBarrier(), ()) }
+    unsafe {
+        // SQLite puts a barrier between the two copies of the wal-index header it publishes:
+        // anything the rules above left gathered is in the file before readers take the header.
+        // A failure keeps the bytes, and the log's next read, sync or write reports it.
+        if let Some(log) = linked_log(file) {
+            let _ = flush(log);
+        }
+        forwarded!(file, xShmBarrier(), ())
+    }
 }
 
 unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
@@ -556,7 +618,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_is_reported_and_dropped() {
+    fn a_failed_write_is_reported_and_kept_for_the_next_try() {
         let mut gathered = Gathered::default();
         let mut failing = |_, _: &[u8]| ffi::SQLITE_IOERR_WRITE;
         assert_eq!(gathered.write(32, &header(0), &mut failing), 0);
@@ -564,6 +626,75 @@ mod tests {
             gathered.write(56, &header(3), &mut failing),
             ffi::SQLITE_IOERR_WRITE
         );
-        assert!(gathered.bytes.is_empty());
+        let mut image = Image::default();
+        assert_eq!(gathered.flush(&mut |o, b| image.write(o, b)), 0);
+        assert_eq!(image.bytes.len(), 80, "both headers, written once it works");
+    }
+
+    /// After a commit's header everything goes out at once (its page, padding split around a
+    /// sync, rewritten headers), until the next transaction's first frame header.
+    #[test]
+    fn what_follows_a_commit_header_goes_out_until_the_next_transaction() {
+        let (mut gathered, mut image) = (Gathered::default(), Image::default());
+        let mut out = |o, b: &[u8]| image.write(o, b);
+        for (offset, data) in [
+            (32, header(5)),
+            (56, vec![1; 300]), // a page split at a sync point
+            (356, vec![2; 212]),
+            (568, header(5)), // padding: the commit frame again
+            (592, vec![3; 512]),
+        ] {
+            assert_eq!(gathered.write(offset, &data, &mut out), 0);
+            assert!(gathered.bytes.is_empty(), "a write after a commit was held");
+        }
+        gathered.write(1104, &header(0), &mut out);
+        gathered.write(1128, &[4; 512], &mut out);
+        assert_eq!(
+            gathered.bytes.len(),
+            536,
+            "the next transaction gathers again"
+        );
+    }
+
+    /// A transaction too large for the page cache writes frames early; rolled back, they must
+    /// not reach the file once another connection can write the log: here another connection
+    /// commits at the same place before the first one closes.
+    #[test]
+    fn a_rolled_back_transaction_leaves_nothing_to_write_over_another_connections_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE t (x BLOB); \
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .unwrap();
+        register().unwrap();
+        let writer = rusqlite::Connection::open_with_flags_and_vfs(
+            &path,
+            rusqlite::OpenFlags::default(),
+            NAME,
+        )
+        .unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA cache_size = 10; BEGIN IMMEDIATE; \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) \
+                 INSERT INTO t SELECT randomblob(1000) FROM n;",
+            )
+            .unwrap();
+        writer.execute_batch("ROLLBACK").unwrap();
+        other.execute("INSERT INTO t VALUES (x'01')", []).unwrap();
+        drop(writer);
+        drop(other);
+        let check = rusqlite::Connection::open(&path).unwrap();
+        let rows: i64 = check
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        let integrity: String = check
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!((rows, integrity.as_str()), (1, "ok"));
     }
 }
