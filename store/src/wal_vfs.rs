@@ -656,6 +656,25 @@ mod tests {
         );
     }
 
+    /// A connection to `path` through this VFS.
+    fn through_the_vfs(path: &std::path::Path) -> rusqlite::Connection {
+        register().unwrap();
+        rusqlite::Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), NAME)
+            .unwrap()
+    }
+
+    /// The rows of table `t` and `PRAGMA integrity_check`, read through SQLite's own VFS.
+    fn rows_and_integrity(path: &std::path::Path) -> (i64, String) {
+        let check = rusqlite::Connection::open(path).unwrap();
+        let rows = check
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        let integrity = check
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        (rows, integrity)
+    }
+
     /// A transaction too large for the page cache writes frames early; rolled back, they must
     /// not reach the file once another connection can write the log: here another connection
     /// commits at the same place before the first one closes.
@@ -670,13 +689,7 @@ mod tests {
                  PRAGMA wal_checkpoint(TRUNCATE);",
             )
             .unwrap();
-        register().unwrap();
-        let writer = rusqlite::Connection::open_with_flags_and_vfs(
-            &path,
-            rusqlite::OpenFlags::default(),
-            NAME,
-        )
-        .unwrap();
+        let writer = through_the_vfs(&path);
         writer
             .execute_batch(
                 "PRAGMA cache_size = 10; BEGIN IMMEDIATE; \
@@ -688,14 +701,7 @@ mod tests {
         other.execute("INSERT INTO t VALUES (x'01')", []).unwrap();
         drop(writer);
         drop(other);
-        let check = rusqlite::Connection::open(&path).unwrap();
-        let rows: i64 = check
-            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
-            .unwrap();
-        let integrity: String = check
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!((rows, integrity.as_str()), (1, "ok"));
+        assert_eq!(rows_and_integrity(&path), (1, "ok".into()));
     }
 
     /// What the VFS wrote is the log SQLite meant: a copy of the database and its log, without
@@ -706,13 +712,7 @@ mod tests {
     fn a_log_written_through_the_vfs_recovers_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.db");
-        register().unwrap();
-        let writer = rusqlite::Connection::open_with_flags_and_vfs(
-            &path,
-            rusqlite::OpenFlags::default(),
-            NAME,
-        )
-        .unwrap();
+        let writer = through_the_vfs(&path);
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
@@ -746,13 +746,9 @@ mod tests {
         std::fs::copy(&path, copy.join("log.db")).unwrap();
         std::fs::copy(path.with_extension("db-wal"), copy.join("log.db-wal")).unwrap();
         drop(writer);
-        let recovered = rusqlite::Connection::open(copy.join("log.db")).unwrap();
-        let count: i64 = recovered
-            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
-            .unwrap();
-        let integrity: String = recovered
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!((count, integrity.as_str()), (rows, "ok"));
+        assert_eq!(
+            rows_and_integrity(&copy.join("log.db")),
+            (rows, "ok".into())
+        );
     }
 }
