@@ -10,7 +10,7 @@
 //! after writing its commit frame, and from a commit frame's header on, writes go straight to
 //! the file until the next transaction's first frame. Reading, syncing, truncating, sizing or
 //! closing the log writes what is gathered first, so SQLite never sees the file behind its own
-//! writes; so do a barrier on the wal-index and the release of any of its locks (the log is
+//! writes; so do a barrier on the wal-index and the release of its write lock (the log is
 //! linked to its database file for that), so that nothing gathered, a rolled-back transaction's
 //! frames included, is written once another connection may write the log. A process that dies
 //! with writes gathered dies before their commit was published: as if it had died a moment
