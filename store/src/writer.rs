@@ -5,6 +5,8 @@
 //! so a batch costs one hand-off there and one back, however many statements it takes. The
 //! [`Checkpointer`]'s thread folds what it commits into the database file.
 
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -12,10 +14,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mcp_metrics_plugin::Request;
+use rusqlite::hooks::Wal;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use crate::checkpointer::{BACKSTOP_PAGES, Checkpointer};
+use crate::checkpointer::{BACKSTOP_PAGES, Checkpointer, LOG_LIMIT_PAGES};
 use crate::rows::write_rows;
 use crate::wal_vfs;
 use crate::write_connection::WriteConnection;
@@ -59,7 +62,7 @@ impl Writer {
                         connection = None;
                     } else if let Some(checkpointer) = &checkpointer {
                         let rows = requests.iter().map(|r| r.metrics.len()).sum();
-                        checkpointer.nudge(requests.len(), rows);
+                        checkpointer.nudge(requests.len(), rows, LOG_PAGES.get());
                     }
                     // The caller still holds these requests: let go of them before answering,
                     // so that the caller's thread frees them, not this one. Dropped after the
@@ -68,6 +71,16 @@ impl Writer {
                     // the steady load, on the path every commit waits on.
                     drop(requests);
                     let _ = done.send(written);
+                    // After the answer: this batch's clients do not wait for it.
+                    if let Some(connection) = &mut connection {
+                        let finish = match &checkpointer {
+                            Some(checkpointer) => checkpointer.take_finish(),
+                            None => LOG_PAGES.get() >= LOG_LIMIT_PAGES,
+                        };
+                        if finish {
+                            finish_checkpoint(connection);
+                        }
+                    }
                 }
                 if let Some(checkpointer) = checkpointer {
                     checkpointer.stop();
@@ -114,8 +127,36 @@ fn write(
     Ok(write_rows(connection, requests)?)
 }
 
-/// The file the pool opened and migrated, with the pool's settings, checkpointing itself only as
-/// the [`Checkpointer`]'s backstop.
+thread_local! {
+    /// The log's size in pages after the writer's latest commit, as SQLite told [`after_commit`].
+    static LOG_PAGES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// SQLite's hook after each commit of the writer's connection, with the log's size in pages.
+/// It stands where `wal_autocheckpoint` would, so it keeps that backstop too.
+fn after_commit(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    let pages = u32::try_from(pages).unwrap_or(0);
+    LOG_PAGES.set(pages);
+    if pages >= BACKSTOP_PAGES {
+        // The checkpoint thread fell behind: copy inside the commit, as SQLite's own hook does.
+        // A failure fails nothing; the next commit tries again.
+        let _ = wal.checkpoint();
+    }
+    Ok(())
+}
+
+/// Copies what the checkpoint thread's pass left in the log; the next commit starts it over.
+fn finish_checkpoint(connection: &mut WriteConnection) {
+    let (connection, _) = connection.parts();
+    let copied = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    if let Err(error) = copied {
+        // Nothing is lost: the log stays until a later pass copies it.
+        tracing::debug!(%error, "the writer's checkpoint failed; a later one tries again");
+    }
+}
+
+/// The file the pool opened and migrated, with the pool's settings, checkpointing itself as
+/// the [`Checkpointer`] asks (or, past [`BACKSTOP_PAGES`], in the commit).
 fn open(path: &Path) -> rusqlite::Result<Connection> {
     wal_vfs::register()?;
     let connection =
@@ -125,7 +166,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
          PRAGMA temp_store = memory; PRAGMA cache_size = -2000;",
     )?;
-    connection.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)?;
+    connection.wal_hook(Some(after_commit));
     Ok(connection)
 }
 

@@ -10,6 +10,11 @@ use mcp_metrics_plugin::{Batch, Metric, MetricType};
 use mcp_metrics_store::{Database, Store};
 
 fn metrics(count: usize) -> Batch {
+    metrics_carrying(count, Default::default())
+}
+
+/// `count` metrics, each with `metadata`.
+fn metrics_carrying(count: usize, metadata: serde_json::Map<String, serde_json::Value>) -> Batch {
     common::batch(count, |index, now| Metric {
         index,
         metric_type: MetricType::Custom,
@@ -17,7 +22,7 @@ fn metrics(count: usize) -> Batch {
         value: 1.0,
         duration_ms: None,
         dimensions: Default::default(),
-        metadata: Default::default(),
+        metadata: metadata.clone(),
     })
 }
 
@@ -76,4 +81,31 @@ async fn the_writer_holds_no_request_once_it_has_answered() {
             "write {write}: the writer still held the request after answering"
         );
     }
+}
+
+/// Under writes that never pause, the log still starts over near its limit (10,000 pages): the
+/// checkpoint thread copies it and the writer copies the rest between two batches. SQLite starts
+/// the log over only when a write begins with all of it copied, so without that last step the
+/// log would grow to the backstop (40,000 pages), where a commit copies it all while its clients
+/// wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_starts_over_near_its_limit_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.db");
+    let store = Store::open(&path).await.unwrap();
+    let log = dir.path().join("metrics.db-wal");
+    let frame = 24 + 4096;
+    // About a page of log for each row: 50,000 pages in all, past the backstop.
+    let metadata = serde_json::json!({ "note": "x".repeat(3_000) });
+    let batch = metrics_carrying(250, metadata.as_object().unwrap().clone());
+    let mut largest = 0;
+    for _ in 0..200 {
+        store.write_batch(&batch).await.unwrap();
+        largest = largest.max(std::fs::metadata(&log).unwrap().len() / frame);
+    }
+    assert!(
+        (10_000..25_000).contains(&largest),
+        "the log grew to {largest} pages"
+    );
+    assert_eq!(store.row_counts().await.unwrap()["metrics"], 50_000);
 }
