@@ -259,7 +259,7 @@ fn pause(until: Instant, signal: &Signal) -> bool {
 
 /// What a pass found: the log's size and how much of it is copied, in pages (both -1 when
 /// another connection was checkpointing).
-struct Pass {
+pub(crate) struct Pass {
     log: i64,
     copied: i64,
 }
@@ -269,6 +269,11 @@ fn checkpoint(connection: &mut Option<Connection>, path: &Path) -> rusqlite::Res
         Some(connection) => connection,
         None => connection.insert(Connection::open(path)?),
     };
+    pass(connection)
+}
+
+/// One `PASSIVE` pass on `connection`, this thread's or the writer's finishing one.
+pub(crate) fn pass(connection: &Connection) -> rusqlite::Result<Pass> {
     // One row: busy, pages in the log, pages copied; a pass cut short leaves the rest to the next.
     connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         Ok(Pass {

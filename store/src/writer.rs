@@ -18,7 +18,7 @@ use rusqlite::hooks::Wal;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use crate::checkpointer::{BACKSTOP_PAGES, Checkpointer, LOG_LIMIT_PAGES};
+use crate::checkpointer::{self, BACKSTOP_PAGES, Checkpointer, LOG_LIMIT_PAGES};
 use crate::rows::write_rows;
 use crate::wal_vfs;
 use crate::write_connection::WriteConnection;
@@ -148,8 +148,7 @@ fn after_commit(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
 /// Copies what the checkpoint thread's pass left in the log; the next commit starts it over.
 fn finish_checkpoint(connection: &mut WriteConnection) {
     let (connection, _) = connection.parts();
-    let copied = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-    if let Err(error) = copied {
+    if let Err(error) = checkpointer::pass(connection) {
         // Nothing is lost: the log stays until a later pass copies it.
         tracing::debug!(%error, "the writer's checkpoint failed; a later one tries again");
     }
