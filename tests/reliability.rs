@@ -274,6 +274,76 @@ async fn a_stalled_exporter_pushes_back_and_loses_nothing_when_it_recovers() {
     assert_eq!(reply.status, 200);
 }
 
+/// Durable mode with the database stalled: requests the exporter's queue has no room for are
+/// refused with 503 after the queue's hand-off wait, not held until their acknowledgement times
+/// out and then stored anyway (twice, once the client sends them again). Those it queued are
+/// committed and acknowledged once the database is free; nothing refused is stored.
+#[tokio::test]
+async fn durable_requests_a_stalled_queue_cannot_take_are_refused_and_never_stored() {
+    let config = edited(
+        &edited(
+            &with_processors("  batch: {send_batch_size: 100, timeout: 30s}", "batch"),
+            "http: {host: 127.0.0.1, port: 0}",
+            "http: {host: 127.0.0.1, port: 0, acknowledgements: true, acknowledgement_timeout: 60s}",
+        ),
+        "  sqlite: {path: '{dir}/metrics.db', retention_days: 0}",
+        "  sqlite:
+    path: '{dir}/metrics.db'
+    retention_days: 0
+    sending_queue: {queue_size: 40, batch_max_size: 10}",
+    );
+    let mut svc = TestService::with_config(&config).await;
+    let key = svc.key("svc").await;
+    let blocker = DatabaseLock::take(&svc.db_path()).await;
+
+    // The queue's room (40 metrics, the stalled export's included) takes 8 requests of 5.
+    let refused = AtomicI64::new(0);
+    let sent = std::time::Instant::now();
+    let requests = (0..20).map(|_| async {
+        let reply = svc
+            .post(
+                Some(&key),
+                &request_of("svc", vec![metric("tool_execution"); 5]),
+            )
+            .await;
+        if reply.status == 503 {
+            assert_eq!(reply.error(), "service_unavailable", "{}", reply.body);
+            assert!(header(&reply, "retry-after") >= 1);
+            let waited = sent.elapsed();
+            assert!(waited < Duration::from_secs(10), "refused after {waited:?}");
+            refused.fetch_add(1, Ordering::SeqCst);
+        }
+        reply.status
+    });
+    let release = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while refused.load(Ordering::SeqCst) < 12 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of 20 refused while the database is stalled",
+                refused.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        blocker.release().await;
+    };
+    let (statuses, ()) = tokio::join!(futures::future::join_all(requests), release);
+    let acknowledged = statuses.iter().filter(|&&s| s == 200).count() as i64;
+    assert_eq!(
+        (acknowledged, refused.load(Ordering::SeqCst)),
+        (8, 12),
+        "{statuses:?}"
+    );
+
+    // Stopped, it has handed on everything it held: exactly what was acknowledged is stored.
+    svc.shutdown().await;
+    let counts = svc.store().await.row_counts().await.unwrap();
+    assert_eq!(
+        (counts["metrics"], counts["tool_metrics"]),
+        (5 * acknowledged, 5 * acknowledged)
+    );
+}
+
 #[tokio::test]
 async fn retention_removes_old_rows_only_from_every_table() {
     let svc = TestService::with_config(&default_pipeline_with(
