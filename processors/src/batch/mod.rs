@@ -4,9 +4,10 @@
 //! held for the timer: they go on at once, from the client's own task, and gather behind the
 //! export in progress in the exporter's queue, which merges whatever is queued when its export
 //! starts. So batches grow with the load while a lone request waits for one commit (group
-//! commit). Unlike the Collector's, it keeps its promise: what it holds is bounded (`queue_size`, its [`Room`], which the engine reserves from on admission), is retried
-//! when the next step refuses it, and is handed on at shutdown; each request's acknowledgement
-//! travels with its metrics.
+//! commit). Unlike the Collector's, it keeps its promise: what it holds is bounded
+//! (`queue_size`, its [`Room`], which the engine reserves from on admission), is retried when the
+//! next step refuses it, and is handed on at shutdown; each request's acknowledgement travels
+//! with its metrics.
 
 mod config;
 
@@ -89,11 +90,11 @@ impl Consumer for BatchProcessor {
 }
 
 impl BatchProcessor {
-    /// Hands on metrics a client waits for from the client's own task, in the room reserved for
-    /// them until the next step has them. Held for the flusher instead, each waited for a
-    /// hand-off between tasks, which cost durable mode about a tenth of its requests/s in the
-    /// benchmark. They gather behind the export in progress in the exporter's queue instead.
-    /// A refusal goes back to the client, who was not answered yet and sends them again.
+    /// Hands on metrics a client waits for from the client's own task, holding the room reserved
+    /// for them until the next step has them; they gather behind the export in progress in the
+    /// exporter's queue. Through the flusher, each cost a hand-off between tasks: about a tenth
+    /// of durable mode's requests/s in the benchmark. A refusal goes back to the client, who was
+    /// not answered yet and sends them again.
     async fn hand_on_now(&self, batch: Batch) -> Result<Outcome, Refusal> {
         let Some(_room) = self.shared.room.take_for(&batch, Duration::ZERO).await else {
             return Err(self.shared.full());
