@@ -96,9 +96,7 @@ impl BatchProcessor {
     /// of durable mode's requests/s in the benchmark. A refusal goes back to the client, who was
     /// not answered yet and sends them again.
     async fn hand_on_now(&self, batch: Batch) -> Result<Outcome, Refusal> {
-        let Some(_room) = self.shared.room.take_for(&batch, Duration::ZERO).await else {
-            return Err(self.shared.full());
-        };
+        let _room = self.shared.take_room(&batch).await?;
         self.shared.next.consume(batch).await
     }
 
@@ -106,10 +104,7 @@ impl BatchProcessor {
     /// processor no longer holds anything (after its last flush), refuses it if it is full.
     async fn hold(&self, batch: Batch) -> Result<Option<Batch>, Refusal> {
         let config = &self.shared.config;
-        // A request comes with its room reserved; anything else is refused at once if full.
-        let Some(permit) = self.shared.room.take_for(&batch, Duration::ZERO).await else {
-            return Err(self.shared.full());
-        };
+        let permit = self.shared.take_room(&batch).await?;
         let mut pending = self
             .shared
             .pending
@@ -189,11 +184,18 @@ async fn sleep_until(due: Option<Instant>) {
 }
 
 impl Shared {
-    fn full(&self) -> Refusal {
-        Refusal::busy(
-            format!("processor {} is full: exporters are behind", self.id),
-            Duration::from_secs(1),
-        )
+    /// The room reserved for `batch`: a request comes with it; anything else is refused at once
+    /// if full.
+    async fn take_room(&self, batch: &Batch) -> Result<Permit, Refusal> {
+        self.room
+            .take_for(batch, Duration::ZERO)
+            .await
+            .ok_or_else(|| {
+                Refusal::busy(
+                    format!("processor {} is full: exporters are behind", self.id),
+                    Duration::from_secs(1),
+                )
+            })
     }
 
     /// The most metrics handed on at once (`send_batch_max_size`).
